@@ -1,0 +1,32 @@
+# `make dream` and `make test` set everything up on a fresh machine: each creates
+# .venv when missing and (re)installs the project only when pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: dream test ui clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+dream: $(VENV)/.installed
+	$(PY) -m dreamlab $(ARGS)
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest $(ARGS)
+
+ui: $(VENV)/.installed
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db
+
+clean:
+	rm -rf outputs

@@ -1,0 +1,119 @@
+"""The Hydra app: compose the config, run the engine, save and track the result.
+
+It only wires things together: config -> inputs -> engine -> outputs and MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from . import config, images
+from .errors import DreamlabError
+
+log = logging.getLogger("dreamlab")
+# conf/ sits beside the package in the source tree (installed editable); an absolute path
+# keeps `python -m dreamlab` working from any directory.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+OmegaConf.register_new_resolver("sample_image", lambda: str(images.SAMPLE), replace=True)
+config.register()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> Optional[float]:
+    """One job. In a multirun a failed job is recorded (FAILED run, error line) and the sweep
+    goes on; the sweep callback then exits non-zero. A single run exits non-zero at once."""
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return run_job(cfg)
+    except DreamlabError as exc:
+        log.error("%s", exc)
+        print(f"dreamlab: error: {exc}", file=sys.stderr)
+        if not multirun:
+            raise SystemExit(1) from None
+    except Exception:
+        if not multirun:
+            raise
+        log.exception("job failed")
+    return None
+
+
+def run_job(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = _start_run(cfg, resolved, hc) if cfg.mlflow.enabled else None
+    try:
+        conf: config.Config = OmegaConf.to_object(cfg)  # validates every value
+        result = _dream(conf, tracker)
+        out = images.save_png(result.image, job_dir / "dream.png")
+        final = result.losses[-1]
+        log.info("dream.png written to %s (final loss %.4g, %.1fs)", out, final, result.seconds)
+        if tracker is not None:
+            tracker.log_artifact(str(out))
+            tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+            overrides = job_dir / ".hydra" / "overrides.yaml"
+            if overrides.is_file():
+                tracker.log_artifact(str(overrides))
+            tracker.end()
+        return final
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.end(error=str(exc).strip().splitlines()[0] if str(exc).strip()
+                        else type(exc).__name__)
+        raise
+
+
+def _dream(conf: "config.Config", tracker):
+    from . import engine
+    from .settings import DreamSettings
+
+    if conf.image is None:
+        picture = images.noise(conf.max_size or 512, conf.seed)
+    else:
+        picture = images.load(conf.image, conf.max_size)
+        if tracker is not None:
+            tracker.log_artifact(conf.image, "input")
+            tracker.set_tags({"dreamlab.input_sha256": images.sha256(conf.image)})
+    knobs = {name: getattr(conf, name) for name in DreamSettings.names()}
+    n_octaves = conf.octaves
+
+    def on_octave(k: int, image, losses: list[float]) -> None:
+        log.info("octave %d/%d %dx%d: loss %.4g -> %.4g", k + 1, n_octaves,
+                 image.shape[1], image.shape[0], losses[0], losses[-1])
+        if tracker is not None:
+            tracker.log_octave(k, image, losses)
+
+    return engine.dream(picture, backbone=conf.backbone.name, weights=conf.backbone.weights,
+                        layers=conf.layers, progress=conf.progress, on_octave=on_octave,
+                        **knobs)
+
+
+def _start_run(cfg: DictConfig, resolved: dict, hc) -> Any:
+    from . import sweep, tracking
+
+    overrides = list(hc.overrides.task)
+    tags = {tracking.JOB_TAG: str(hc.job.num) if hc.mode == RunMode.MULTIRUN else "0",
+            "dreamlab.overrides": " ".join(overrides)}
+    swept: list[str] = []
+    if hc.mode == RunMode.MULTIRUN:
+        info = sweep.read_sweep_file(hc.sweep.dir)
+        swept = info.get("swept", [])
+        tags[tracking.SWEEP_TAG] = str(Path(hc.sweep.dir).resolve())
+        if info.get("parent_run_id"):
+            tags[tracking.PARENT_TAG] = info["parent_run_id"]
+    named = [o.lstrip("+~") for o in overrides]
+    if swept:
+        named = [o for o in named if o.split("=", 1)[0] in swept]
+    tags.update(tracking.environment())
+    return tracking.JobRun(cfg.mlflow.tracking_uri, cfg.mlflow.experiment,
+                           run_name=",".join(named) or "dream",
+                           params=tracking.flatten(resolved), tags=tags)

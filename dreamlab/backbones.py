@@ -1,0 +1,187 @@
+"""Keras Applications convnets as dream backbones: how to build each one, how it wants its
+pixels, and which layers dream well.
+
+Every backbone sees the same image space in the engine, RGB in [-1, 1]; `to_input` maps that
+onto the backbone's own input (for VGG/ResNet: BGR minus the ImageNet mean) inside the
+compiled graph, so clipping, step sizes and the saved picture mean the same on every backbone.
+Built models are cached per process: the next job of a sweep reuses them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .errors import DreamlabError
+
+# The preprocessing families of keras.applications, as (scale, offset) of RGB 0..255 pixels
+# per channel plus a channel flip: input = (rgb255[..., order] - mean) / std.
+PREPROCESS = {
+    "tf": dict(order=(0, 1, 2), mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5)),
+    "caffe": dict(order=(2, 1, 0), mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0)),
+    "torch": dict(order=(0, 1, 2), mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),
+    # The model normalises its input itself (EfficientNet, ConvNeXt, MobileNetV3, custom).
+    "raw": dict(order=(0, 1, 2), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+    "unit": dict(order=(0, 1, 2), mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0)),
+}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    constructor: str  # attribute of keras.applications
+    preprocess: str  # key of PREPROCESS
+    min_size: int  # smallest input side the constructor accepts (deep layers need more)
+    presets: dict = field(default_factory=dict)  # named {layer: weight} maps; "default" first
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "inception_v3": BackboneSpec("InceptionV3", "tf", 75, {
+        "default": {"mixed3": 1.0, "mixed5": 1.0},
+        "tutorial": {"mixed3": 1.0, "mixed5": 1.0},
+        "keras": {"mixed4": 1.0, "mixed5": 1.5, "mixed6": 2.0, "mixed7": 2.5},
+        "dlwp": {"mixed2": 0.2, "mixed3": 3.0, "mixed4": 2.0, "mixed5": 1.5},
+    }),
+    "vgg16": BackboneSpec("VGG16", "caffe", 32, {
+        "default": {"block4_conv3": 1.0, "block5_conv2": 1.0},
+    }),
+    "vgg19": BackboneSpec("VGG19", "caffe", 32, {
+        "default": {"block4_conv4": 1.0, "block5_conv2": 1.0},
+    }),
+    "resnet50": BackboneSpec("ResNet50", "caffe", 32, {
+        "default": {"conv3_block4_out": 1.0, "conv4_block6_out": 1.0},
+    }),
+    "mobilenet_v2": BackboneSpec("MobileNetV2", "tf", 32, {
+        "default": {"block_9_add": 1.0, "block_12_add": 1.0},
+        "fur": {"block_12_add": 1.0, "block_14_add": 1.0},
+    }),
+}
+
+
+def spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        close = difflib.get_close_matches(name, BACKBONES, n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise DreamlabError(f"unknown backbone '{name}'{hint} (known: {', '.join(BACKBONES)})")
+    return BACKBONES[name]
+
+
+_MODELS: dict[tuple, object] = {}
+
+
+def load(name: str, weights: Optional[str] = "imagenet"):
+    """The Keras model of backbone `name` without its classifier, for any image size.
+
+    weights: "imagenet" (Keras' own download and cache), None (random, fixed seed) or the
+    path of a `.weights.h5` / legacy `.h5` file.
+    """
+    key = (name, weights if weights in ("imagenet", None) else os.path.abspath(weights))
+    if key not in _MODELS:
+        _MODELS[key] = _build(name, weights)
+    return _MODELS[key]
+
+
+def _build(name: str, weights: Optional[str]):
+    import keras
+
+    info = spec(name)
+    constructor = getattr(keras.applications, info.constructor)
+
+    def make(w):
+        return constructor(include_top=False, weights=w, input_shape=(None, None, 3))
+
+    if weights == "imagenet":
+        with _download_errors(name):
+            return make("imagenet")
+    # Random weights are drawn from a fixed seed so that `weights=null` dreams are
+    # reproducible across processes and machines.
+    keras.utils.set_random_seed(0)
+    model = make(None)
+    if weights is not None:
+        load_weights(model, weights, f"backbone={name}")
+    return model
+
+
+def load_weights(model, path: str, what: str) -> None:
+    if not os.path.isfile(path):
+        raise DreamlabError(
+            f"weights file not found: {path}; give the path of a .weights.h5 or .h5 file, "
+            f"or backbone.weights=imagenet (download) or backbone.weights=null (random)")
+    try:
+        model.load_weights(path)
+    except Exception as exc:  # Keras raises ValueError/OSError/KeyError for a wrong file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DreamlabError(
+            f"cannot load weights {path} into {what}: {first[:300]}; the file must hold "
+            f"weights of this exact architecture without its top (include_top=False)") from None
+
+
+@contextlib.contextmanager
+def _download_errors(name: str):
+    """Turn a failed ImageNet download into one message naming the missing file, where to
+    put it, and the alternatives. The file name is taken from Keras' own request, so it is
+    right for every backbone and Keras version."""
+    from keras.src.utils import file_utils
+
+    requested = []
+    real_get_file = file_utils.get_file
+
+    def recording_get_file(fname=None, origin=None, *args, **kwargs):
+        requested.append((fname or os.path.basename(origin or ""), kwargs.get("cache_subdir", "datasets")))
+        return real_get_file(fname, origin, *args, **kwargs)
+
+    file_utils.get_file = recording_get_file
+    try:
+        yield
+    except Exception as exc:
+        if not requested:
+            raise
+        from keras.src.backend import config
+
+        fname, subdir = requested[-1]
+        where = os.path.join(config.keras_home(), subdir)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DreamlabError(
+            f"could not download the ImageNet weights of backbone={name} ({reason[:200]}): "
+            f"put the file {fname} in {where}/ (KERAS_HOME sets the folder), or pass "
+            f"backbone.weights=PATH to a weights file, or backbone.weights=null for random "
+            f"weights") from None
+    finally:
+        file_utils.get_file = real_get_file
+
+
+def min_size(extractor, limit: int = 1024) -> int:
+    """The smallest square input for which every output of `extractor` is at least 1x1:
+    shape inference only (a binary search over compute_output_shape), no compute."""
+
+    def fits(side: int) -> bool:
+        try:
+            shapes = extractor.compute_output_shape((1, side, side, 3))
+        except Exception:  # Keras raises ValueError or TF errors for a negative dimension
+            return False
+        shapes = shapes if isinstance(shapes, (list, tuple)) and isinstance(shapes[0], (list, tuple)) else [shapes]
+        return all(d is None or d >= 1 for shape in shapes for d in shape[1:3])
+
+    lo, hi = 1, limit
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+    return lo
+
+
+def layer_names(model) -> list[str]:
+    return [layer.name for layer in model.layers]
+
+
+def check_layers(model, name: str, wanted) -> None:
+    """Fail before any compute when a layer name is not in the backbone, naming the closest."""
+    names = layer_names(model)
+    for layer in wanted:
+        if layer not in names:
+            close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise DreamlabError(
+                f"unknown layer '{layer}' for backbone={name}{hint} "
+                f"(python -m dreamlab.layers backbone={name} lists them all)")

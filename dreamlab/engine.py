@@ -1,0 +1,293 @@
+"""The DeepDream engine: a compiled gradient-ascent step and the octave schedule around it.
+
+Usable from a notebook with plain values, no Hydra or MLflow:
+
+    import dreamlab
+    result = dreamlab.dream(photo, backbone="mobilenet_v2", weights="w.weights.h5",
+                            layers="block_12_add", octaves=3, steps=10)
+    result.image, result.losses
+
+The step is a `tf.function` whose input signature has unknown height and width, so it is
+traced once per (backbone, objective, normalisation) and then reused for every octave size
+and every picture of the process; the octave loop is plain Python around it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+from . import backbones
+from .errors import DreamlabError
+from .objective import Objective, parse_layers
+from .settings import DreamSettings
+
+OctaveCallback = Callable[[int, np.ndarray, list], None]
+
+
+@dataclass
+class DreamResult:
+    image: np.ndarray  # uint8 H x W x 3, the input's size
+    losses: list[float]  # one per step, all octaves in order
+    octave_of_step: list[int]  # the octave index of each loss
+    octave_images: list[np.ndarray] = field(default_factory=list)  # uint8, after each octave
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) per octave
+    seconds: float = 0.0
+
+
+def _tf():
+    import tensorflow as tf
+
+    # Same config, seed and machine must give the same bytes; on CPU this costs nothing.
+    tf.config.experimental.enable_op_determinism()
+    return tf
+
+
+class DreamStep:
+    """One gradient-ascent step of an objective on a backbone, compiled once for all sizes.
+
+    `step(x, roll, step_size, tile)`: x is the image in [-1, 1] (H, W, 3); it is rolled by
+    `roll` pixels, the objective's gradient is computed over tiles of at most `tile` pixels
+    (0: the whole image at once), rolled back, normalised and added; returns (x, loss).
+    """
+
+    def __init__(self, model, backbone: str, objective: Objective, grad_norm: str, clip: bool):
+        tf = _tf()
+        import keras
+
+        self.objective = objective
+        outputs = [model.get_layer(name).output for name in objective.layers]
+        self.extractor = keras.Model(model.inputs, outputs)
+        # What these layers need, which is often far less than the constructor's minimum.
+        self.min_size = backbones.min_size(self.extractor)
+        self.grad_norm, self.clip = grad_norm, clip
+        pre = backbones.PREPROCESS[backbones.spec(backbone).preprocess]
+        self._identity_input = backbone and backbones.spec(backbone).preprocess == "tf"
+        self._order = list(pre["order"])
+        self._mean = tf.constant(pre["mean"], tf.float32)
+        self._std = tf.constant(pre["std"], tf.float32)
+        self.step = tf.function(self._step, input_signature=[
+            tf.TensorSpec([None, None, 3], tf.float32),
+            tf.TensorSpec([2], tf.int32),
+            tf.TensorSpec([], tf.float32),
+            tf.TensorSpec([], tf.int32),
+        ])
+
+    @property
+    def traces(self) -> int:
+        return self.step.experimental_get_tracing_count()
+
+    def _to_input(self, x):
+        """[-1, 1] RGB to what the backbone was trained on (exactly x for the `tf` family)."""
+        if self._identity_input:
+            return x
+        tf = _tf()
+        rgb255 = (x + 1.0) * 127.5
+        return (tf.gather(rgb255, self._order, axis=-1) - self._mean) / self._std
+
+    def score(self, x):
+        """The objective of one image or tile (H, W, 3)."""
+        tf = _tf()
+        activations = self.extractor(self._to_input(x)[None], training=False)
+        if not isinstance(activations, (list, tuple)):
+            activations = [activations]
+        total = tf.constant(0.0)
+        b = self.objective.border
+        for term, a in zip(self.objective.terms, activations):
+            a = tf.cast(a, tf.float32)
+            if term.channels:
+                a = tf.gather(a, list(term.channels), axis=-1)
+            size = tf.cast(tf.size(a), tf.float32)
+            kept = a[:, b:-b, b:-b, :] if b else a
+            if self.objective.form == "mean":
+                s = tf.reduce_sum(kept) / size
+            elif self.objective.form == "mean_square":
+                s = tf.reduce_sum(tf.square(kept)) / size
+            else:  # l2: Google's 0.5*sum(a^2), whose gradient at the layer is a itself
+                s = 0.5 * tf.reduce_sum(tf.square(kept))
+            total += term.weight * s
+        return total
+
+    def _gradient(self, x, tile):
+        """Loss and gradient over the whole image, summed tile by tile (memory: one tile)."""
+        tf = _tf()
+        h, w = tf.shape(x)[0], tf.shape(x)[1]
+        tile = tf.where(tile > 0, tile, tf.maximum(h, w))
+        # Even tiles: n tiles per side of about h/n >= tile/2 pixels, never a sliver that the
+        # network cannot take.
+        ny, nx = (h + tile - 1) // tile, (w + tile - 1) // tile
+        grad = tf.zeros_like(x)
+        loss = tf.constant(0.0)
+        for i in tf.range(ny):
+            for j in tf.range(nx):
+                y0, y1 = i * h // ny, (i + 1) * h // ny
+                x0, x1 = j * w // nx, (j + 1) * w // nx
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    piece = self.score(x[y0:y1, x0:x1])
+                grad += tape.gradient(piece, x)
+                loss += piece
+        return loss, grad
+
+    def _step(self, x, roll, step_size, tile):
+        tf = _tf()
+        rolled = tf.roll(x, roll, axis=[0, 1])
+        loss, g = self._gradient(rolled, tile)
+        g = tf.roll(g, -roll, axis=[0, 1])
+        if self.grad_norm == "std":
+            g = g / (tf.math.reduce_std(g) + 1e-8)
+        elif self.grad_norm == "mean_abs":
+            g = g / tf.maximum(tf.reduce_mean(tf.abs(g)), 1e-6)
+        else:  # l2, scaled to unit root mean square so step_size keeps its meaning
+            g = g / (tf.sqrt(tf.reduce_mean(tf.square(g))) + 1e-8)
+        x = x + step_size * g
+        if self.clip:
+            x = tf.clip_by_value(x, -1.0, 1.0)
+        return x, loss
+
+
+_STEPS: dict[tuple, DreamStep] = {}
+
+
+def compiled_step(backbone: str, weights: Optional[str], objective: Objective,
+                  grad_norm: str, clip: bool) -> DreamStep:
+    """The process-wide step for this (backbone, objective, normalisation): built once."""
+    key = (backbone, weights, objective, grad_norm, clip)
+    if key not in _STEPS:
+        model = backbones.load(backbone, weights)
+        backbones.check_layers(model, backbone, objective.layers)
+        _check_channels(model, objective)
+        _STEPS[key] = DreamStep(model, backbone, objective, grad_norm, clip)
+    return _STEPS[key]
+
+
+def _check_channels(model, objective: Objective) -> None:
+    for term in objective.terms:
+        n = model.get_layer(term.layer).output.shape[-1]
+        bad = [c for c in term.channels if not -n <= c < n]
+        if bad:
+            raise DreamlabError(f"layers.{term.layer}: channels {bad} out of range, the layer has "
+                                f"{n} channels (0..{n - 1})")
+
+
+def octave_sizes(height: int, width: int, s: DreamSettings) -> list[tuple[int, int]]:
+    """Smallest first; the last `octaves_above` are larger than the input (tutorial style)."""
+    lowest = -(s.octaves - 1 - s.octaves_above)
+    return [(int(height * s.octave_scale ** n), int(width * s.octave_scale ** n))
+            for n in range(lowest, s.octaves_above + 1)]
+
+
+def check_sizes(sizes, need: int, backbone: str, objective: Objective, s: DreamSettings) -> None:
+    """Fail before any compute when an octave (or a tile) is too small for the layers."""
+    smallest = min(min(hw) for hw in sizes)
+    if smallest < need:
+        raise DreamlabError(
+            f"the smallest octave is {sizes[0][1]}x{sizes[0][0]} px but backbone={backbone} with "
+            f"layers {','.join(objective.layers)} needs at least {need} px: use fewer octaves "
+            f"(octaves={s.octaves}), a larger max_size or a smaller octave_scale "
+            f"(octave_scale={s.octave_scale})")
+    if 0 < s.tile_size and s.tile_size // 2 < need and max(sizes[-1]) > s.tile_size:
+        raise DreamlabError(f"tile_size={s.tile_size} makes tiles smaller than the {need} px "
+                            f"these layers need: use tile_size>={2 * need} or tile_size=0")
+
+
+def to_unit(image: np.ndarray) -> np.ndarray:
+    return np.asarray(image, np.float32) / 127.5 - 1.0
+
+
+def to_uint8(x) -> np.ndarray:
+    return np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] = "imagenet",
+          layers: Any = "default", progress: bool = False,
+          on_octave: Optional[OctaveCallback] = None, **settings) -> DreamResult:
+    """Dream on `image` (uint8 H x W x 3 array or PIL image); the keywords of
+    `DreamSettings` (octaves, steps, step_size, ...) set the algorithm.
+
+    on_octave(octave, image_uint8, octave_losses) is called after each octave, so that a
+    tracker can log while the next octave computes.
+    """
+    s = settings if isinstance(settings, DreamSettings) else DreamSettings(**settings)
+    tf = _tf()
+    base = to_unit(image)
+    if base.ndim != 3 or base.shape[-1] != 3:
+        raise DreamlabError(f"the image must be H x W x 3 RGB, got shape {base.shape}")
+    objective = Objective(parse_layers(layers, backbones.spec(backbone).presets),
+                          s.objective, s.objective_border)
+    step = compiled_step(backbone, weights, objective, s.grad_norm, s.clip)
+    sizes = octave_sizes(base.shape[0], base.shape[1], s)
+    check_sizes(sizes, step.min_size, backbone, objective, s)
+
+    started = time.perf_counter()
+    rng = np.random.default_rng(s.seed)
+    base_t = tf.constant(base)
+
+    def resize(img, hw):
+        return tf.image.resize(img, hw, method="bilinear")
+
+    # Google's pyramid: each level the previous (larger) one zoomed down.
+    pyramid = [resize(base_t, sizes[-1])] if s.detail == "dream" else []
+    for hw in reversed(sizes[:-1]):
+        if s.detail == "dream":
+            pyramid.insert(0, resize(pyramid[0], hw))
+
+    result = DreamResult(image=None, losses=[], octave_of_step=[], sizes=list(sizes))
+    bar = _progress_bar(len(sizes) * s.steps) if progress else None
+    x = detail = None
+    for k, hw in enumerate(sizes):
+        if s.detail == "dream":
+            detail = tf.zeros_like(pyramid[0]) if detail is None else detail
+            x = pyramid[k] + resize(detail, hw)
+        elif k == 0:
+            x = resize(base_t, hw)
+        elif s.detail == "photo":
+            lost = resize(base_t, hw) - resize(resize(base_t, sizes[k - 1]), hw)
+            x = resize(x, hw) + lost
+        else:
+            x = resize(x, hw)
+        tiled = s.tile_size > 0 and max(hw) > s.tile_size
+        # With tiles, a roll of up to a whole tile moves the seams at every step.
+        reach = max(s.jitter, s.tile_size) if tiled else s.jitter
+        tile = tf.constant(s.tile_size if tiled else 0, tf.int32)
+        step_size = tf.constant(s.step_size, tf.float32)
+        octave_losses = []
+        for _ in range(s.steps):
+            roll = rng.integers(-reach, reach + 1, size=2) if reach else (0, 0)
+            x, loss = step.step(x, tf.constant(roll, tf.int32), step_size, tile)
+            loss = float(loss)
+            octave_losses.append(loss)
+            if bar is not None:
+                bar.set_description(f"octave {k + 1}/{len(sizes)}", refresh=False)
+                bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                bar.update()
+            if s.max_loss is not None and loss > s.max_loss:
+                break
+        if s.detail == "dream":
+            detail = x - pyramid[k]
+        result.losses += octave_losses
+        result.octave_of_step += [k] * len(octave_losses)
+        picture = to_uint8(x)
+        result.octave_images.append(picture)
+        if on_octave is not None:
+            on_octave(k, picture, octave_losses)
+    if bar is not None:
+        bar.close()
+    if sizes[-1] != tuple(base.shape[:2]):
+        x = resize(x, base.shape[:2])
+    result.image = to_uint8(x)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", dynamic_ncols=True, leave=True)

@@ -1,0 +1,78 @@
+"""The knobs of the DeepDream algorithm: one dataclass, the single source of their names,
+defaults and meanings.
+
+The Hydra schema (`dreamlab.config.Config`) extends this class, so every field here is a
+top-level config key (`octaves=5`), the keyword of `dreamlab.dream(...)` and the MLflow param
+of the same name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+from .errors import DreamlabError
+
+OBJECTIVES = ("mean", "mean_square", "l2")
+GRAD_NORMS = ("std", "mean_abs", "l2")
+DETAILS = ("dream", "photo", "none")
+
+
+@dataclass
+class DreamSettings:
+    # Octaves: the image is dreamt at `octaves` sizes, smallest first, each `octave_scale`
+    # times the previous; `octaves_above` of them are larger than the input (the tutorial's 2).
+    octaves: int = 4
+    octave_scale: float = 1.4
+    octaves_above: int = 0
+    # Gradient-ascent steps per octave.
+    steps: int = 10
+    # Step size in units of the [-1, 1] image range (Google's 1.5 pixel step is 1.5/127.5);
+    # the same value means the same visual strength on every backbone.
+    step_size: float = 0.01
+    # Score of a layer: mean (tutorial), mean_square (Keras example), l2 = 0.5*sum(a^2) (Google).
+    objective: str = "mean_square"
+    # Pixels left out at each border of the activation (the Keras example's 2); the divisor
+    # stays the full size, as in the reference.
+    objective_border: int = 0
+    # Gradient normalisation: std (tutorial), mean_abs (Google, Keras), l2 (root mean square).
+    grad_norm: str = "std"
+    # What travels up the octaves: dream (Google: the dreamt detail), photo (Keras: the
+    # photo's lost detail), none (tutorial: the image is just resized).
+    detail: str = "dream"
+    # Random roll of at most this many pixels before every step (0 = off).
+    jitter: int = 32
+    # Clip to the valid pixel range after every step.
+    clip: bool = True
+    # Stop an octave once its loss exceeds this (the Keras example's 15); null = never.
+    max_loss: Optional[float] = None
+    # Compute the gradient tile by tile over a randomly rolled image (0 = whole image).
+    tile_size: int = 0
+    # Seeds the jitter and the noise image; same seed, config and machine: same bytes.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.octaves >= 1, "octaves must be >= 1", "octaves=4")
+        check(self.octave_scale > 1.0, "octave_scale must be > 1", "octave_scale=1.4")
+        check(0 <= self.octaves_above < self.octaves or self.octaves_above == 0,
+              "octaves_above must be between 0 and octaves-1", "octaves_above=0")
+        check(self.steps >= 1, "steps must be >= 1", "steps=10")
+        check(self.step_size > 0, "step_size must be > 0", "step_size=0.01")
+        check(self.objective in OBJECTIVES, f"objective must be one of {'|'.join(OBJECTIVES)}",
+              "objective=mean_square")
+        check(self.objective_border >= 0, "objective_border must be >= 0", "objective_border=0")
+        check(self.grad_norm in GRAD_NORMS, f"grad_norm must be one of {'|'.join(GRAD_NORMS)}",
+              "grad_norm=std")
+        check(self.detail in DETAILS, f"detail must be one of {'|'.join(DETAILS)}", "detail=dream")
+        check(self.jitter >= 0, "jitter must be >= 0", "jitter=32")
+        check(self.tile_size >= 0, "tile_size must be >= 0 (0 = no tiling)", "tile_size=512")
+        check(self.seed >= 0, "seed must be >= 0", "seed=0")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(DreamSettings)]
+
+
+def check(ok: bool, problem: str, fix: str) -> None:
+    if not ok:
+        raise DreamlabError(f"{problem} (for example {fix})")

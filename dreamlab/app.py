@@ -6,6 +6,7 @@ It only wires things together: config -> inputs -> engine -> outputs and MLflow.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +26,48 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 OmegaConf.register_new_resolver("sample_image", lambda: str(images.SAMPLE), replace=True)
 config.register()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) + (f"\n{exc.__cause__}" if exc.__cause__ and str(exc.__cause__) not in str(exc) else "")
+    lines = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line.startswith(("Config search path", "Set the environment variable")):
+            break
+        if line and not line.startswith("object_type="):
+            lines.append(line)
+    out = "; ".join(lines).replace(":;", ":") or type(exc).__name__
+    return out + " (python -m dreamlab --help lists the options)"
+
+
+def _report_config_errors(func):
+    """Hydra prints composition errors (wrong type, unknown group option) over several lines;
+    dreamlab's promise is one line and a non-zero exit, so config errors are folded here.
+    HYDRA_FULL_ERROR=1 still gives Hydra's full report."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return func()
+    except (HydraException, OmegaConfBaseException) as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"dreamlab: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:
+        return _hydra_run_and_report(lambda: _raise(exc))
+
+
+def _raise(exc: BaseException):
+    raise exc
+
+
+# hydra-core 1.3 reports through this module-level function; wrapping it is the one place
+# where the report can be shaped without changing how Hydra runs jobs.
+import hydra._internal.utils as _hydra_utils  # noqa: E402
+
+_hydra_run_and_report = _hydra_utils.run_and_report
+_hydra_utils.run_and_report = _report_config_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

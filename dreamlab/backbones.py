@@ -40,6 +40,7 @@ class BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     "inception_v3": BackboneSpec("InceptionV3", "tf", 75, {
         "default": {"mixed3": 1.0, "mixed5": 1.0},
+        "google": {"mixed4": 1.0},
         "tutorial": {"mixed3": 1.0, "mixed5": 1.0},
         "keras": {"mixed4": 1.0, "mixed5": 1.5, "mixed6": 2.0, "mixed7": 2.5},
         "dlwp": {"mixed2": 0.2, "mixed3": 3.0, "mixed4": 2.0, "mixed5": 1.5},
@@ -66,6 +67,17 @@ def spec(name: str) -> BackboneSpec:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise DreamlabError(f"unknown backbone '{name}'{hint} (known: {', '.join(BACKBONES)})")
     return BACKBONES[name]
+
+
+# The recipes name InceptionV3 layer sets; on another backbone they mean its default set.
+RECIPES = ("google", "tutorial", "keras")
+
+
+def presets(name: str) -> dict:
+    table = dict(spec(name).presets)
+    for recipe in RECIPES:
+        table.setdefault(recipe, table["default"])
+    return table
 
 
 _MODELS: dict[tuple, object] = {}

@@ -14,7 +14,7 @@ and every picture of the process; the octave loop is plain Python around it.
 
 from __future__ import annotations
 
-import math
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -58,7 +58,8 @@ class DreamStep:
     (0: the whole image at once), rolled back, normalised and added; returns (x, loss).
     """
 
-    def __init__(self, model, backbone: str, objective: Objective, grad_norm: str, clip: bool):
+    def __init__(self, model, backbone: str, objective: Objective, grad_norm: str, clip: bool,
+                 guide: Optional[np.ndarray] = None):
         tf = _tf()
         import keras
 
@@ -73,6 +74,11 @@ class DreamStep:
         self._order = list(pre["order"])
         self._mean = tf.constant(pre["mean"], tf.float32)
         self._std = tf.constant(pre["std"], tf.float32)
+        # Guide features y_l (M x C) per layer, computed once: the objective then becomes
+        # sum_i max_j a_i . y_j, whose gradient at the layer is Google's objective_guide.
+        self.guides = None if guide is None else [
+            tf.reshape(g, [-1, g.shape[-1]]) for g in (
+                self._select(term, a) for term, a in zip(objective.terms, self._features(tf.constant(guide))))]
         self.step = tf.function(self._step, input_signature=[
             tf.TensorSpec([None, None, 3], tf.float32),
             tf.TensorSpec([2], tf.int32),
@@ -92,21 +98,31 @@ class DreamStep:
         rgb255 = (x + 1.0) * 127.5
         return (tf.gather(rgb255, self._order, axis=-1) - self._mean) / self._std
 
-    def score(self, x):
-        """The objective of one image or tile (H, W, 3)."""
-        tf = _tf()
+    def _features(self, x):
         activations = self.extractor(self._to_input(x)[None], training=False)
         if not isinstance(activations, (list, tuple)):
             activations = [activations]
+        return activations
+
+    @staticmethod
+    def _select(term, a):
+        tf = _tf()
+        a = tf.cast(a, tf.float32)
+        return tf.gather(a, list(term.channels), axis=-1) if term.channels else a
+
+    def score(self, x):
+        """The objective of one image or tile (H, W, 3)."""
+        tf = _tf()
         total = tf.constant(0.0)
         b = self.objective.border
-        for term, a in zip(self.objective.terms, activations):
-            a = tf.cast(a, tf.float32)
-            if term.channels:
-                a = tf.gather(a, list(term.channels), axis=-1)
+        for n, (term, a) in enumerate(zip(self.objective.terms, self._features(x))):
+            a = self._select(term, a)
             size = tf.cast(tf.size(a), tf.float32)
             kept = a[:, b:-b, b:-b, :] if b else a
-            if self.objective.form == "mean":
+            if self.guides is not None:
+                flat = tf.reshape(kept, [-1, kept.shape[-1]])
+                s = tf.reduce_sum(tf.reduce_max(tf.matmul(flat, self.guides[n], transpose_b=True), axis=1))
+            elif self.objective.form == "mean":
                 s = tf.reduce_sum(kept) / size
             elif self.objective.form == "mean_square":
                 s = tf.reduce_sum(tf.square(kept)) / size
@@ -141,13 +157,14 @@ class DreamStep:
         rolled = tf.roll(x, roll, axis=[0, 1])
         loss, g = self._gradient(rolled, tile)
         g = tf.roll(g, -roll, axis=[0, 1])
-        if self.grad_norm == "std":
-            g = g / (tf.math.reduce_std(g) + 1e-8)
-        elif self.grad_norm == "mean_abs":
-            g = g / tf.maximum(tf.reduce_mean(tf.abs(g)), 1e-6)
+        # Each update is written in its reference's order of operations: gradient ascent
+        # amplifies rounding, and a reordered product drifts to ~29 dB from the reference.
+        if self.grad_norm == "std":  # the tutorial: g /= std + 1e-8; x += g * step_size
+            x = x + g / (tf.math.reduce_std(g) + 1e-8) * step_size
+        elif self.grad_norm == "mean_abs":  # Google: x += step_size / mean|g| * g (Keras' 1e-6 floor)
+            x = x + step_size / tf.maximum(tf.reduce_mean(tf.abs(g)), 1e-6) * g
         else:  # l2, scaled to unit root mean square so step_size keeps its meaning
-            g = g / (tf.sqrt(tf.reduce_mean(tf.square(g))) + 1e-8)
-        x = x + step_size * g
+            x = x + g / (tf.sqrt(tf.reduce_mean(tf.square(g))) + 1e-8) * step_size
         if self.clip:
             x = tf.clip_by_value(x, -1.0, 1.0)
         return x, loss
@@ -157,14 +174,15 @@ _STEPS: dict[tuple, DreamStep] = {}
 
 
 def compiled_step(backbone: str, weights: Optional[str], objective: Objective,
-                  grad_norm: str, clip: bool) -> DreamStep:
-    """The process-wide step for this (backbone, objective, normalisation): built once."""
-    key = (backbone, weights, objective, grad_norm, clip)
+                  grad_norm: str, clip: bool, guide: Optional[np.ndarray] = None) -> DreamStep:
+    """The process-wide step for this (backbone, objective, normalisation, guide): built once."""
+    guide_id = None if guide is None else hashlib.sha256(guide.tobytes()).hexdigest()
+    key = (backbone, weights, objective, grad_norm, clip, guide_id)
     if key not in _STEPS:
         model = backbones.load(backbone, weights)
         backbones.check_layers(model, backbone, objective.layers)
         _check_channels(model, objective)
-        _STEPS[key] = DreamStep(model, backbone, objective, grad_norm, clip)
+        _STEPS[key] = DreamStep(model, backbone, objective, grad_norm, clip, guide)
     return _STEPS[key]
 
 
@@ -207,22 +225,25 @@ def to_uint8(x) -> np.ndarray:
 
 
 def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] = "imagenet",
-          layers: Any = "default", progress: bool = False,
+          layers: Any = "default", guide: Any = None, progress: bool = False,
           on_octave: Optional[OctaveCallback] = None, **settings) -> DreamResult:
     """Dream on `image` (uint8 H x W x 3 array or PIL image); the keywords of
     `DreamSettings` (octaves, steps, step_size, ...) set the algorithm.
 
+    guide: an optional picture (uint8 array); the layers then pull the image toward the
+    guide's features (Google's objective_guide) instead of amplifying their own.
     on_octave(octave, image_uint8, octave_losses) is called after each octave, so that a
     tracker can log while the next octave computes.
     """
-    s = settings if isinstance(settings, DreamSettings) else DreamSettings(**settings)
+    s = DreamSettings(**settings)
     tf = _tf()
     base = to_unit(image)
     if base.ndim != 3 or base.shape[-1] != 3:
         raise DreamlabError(f"the image must be H x W x 3 RGB, got shape {base.shape}")
-    objective = Objective(parse_layers(layers, backbones.spec(backbone).presets),
+    objective = Objective(parse_layers(layers, backbones.presets(backbone)),
                           s.objective, s.objective_border)
-    step = compiled_step(backbone, weights, objective, s.grad_norm, s.clip)
+    step = compiled_step(backbone, weights, objective, s.grad_norm, s.clip,
+                         None if guide is None else to_unit(guide))
     sizes = octave_sizes(base.shape[0], base.shape[1], s)
     check_sizes(sizes, step.min_size, backbone, objective, s)
 
@@ -233,31 +254,25 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
     def resize(img, hw):
         return tf.image.resize(img, hw, method="bilinear")
 
-    # Google's pyramid: each level the previous (larger) one zoomed down.
-    pyramid = [resize(base_t, sizes[-1])] if s.detail == "dream" else []
-    for hw in reversed(sizes[:-1]):
-        if s.detail == "dream":
+    if s.detail == "dream":  # Google's pyramid: each level the next larger one zoomed down
+        pyramid = [resize(base_t, sizes[-1])]
+        for hw in reversed(sizes[:-1]):
             pyramid.insert(0, resize(pyramid[0], hw))
+        detail = tf.zeros_like(pyramid[0])
 
     result = DreamResult(image=None, losses=[], octave_of_step=[], sizes=list(sizes))
     bar = _progress_bar(len(sizes) * s.steps) if progress else None
-    x = detail = None
+    x = None
+    step_size = tf.constant(s.step_size, tf.float32)
     for k, hw in enumerate(sizes):
         if s.detail == "dream":
-            detail = tf.zeros_like(pyramid[0]) if detail is None else detail
             x = pyramid[k] + resize(detail, hw)
-        elif k == 0:
-            x = resize(base_t, hw)
-        elif s.detail == "photo":
-            lost = resize(base_t, hw) - resize(resize(base_t, sizes[k - 1]), hw)
-            x = resize(x, hw) + lost
         else:
-            x = resize(x, hw)
+            x = resize(base_t if k == 0 else x, hw)
         tiled = s.tile_size > 0 and max(hw) > s.tile_size
         # With tiles, a roll of up to a whole tile moves the seams at every step.
         reach = max(s.jitter, s.tile_size) if tiled else s.jitter
         tile = tf.constant(s.tile_size if tiled else 0, tf.int32)
-        step_size = tf.constant(s.step_size, tf.float32)
         octave_losses = []
         for _ in range(s.steps):
             roll = rng.integers(-reach, reach + 1, size=2) if reach else (0, 0)
@@ -269,12 +284,17 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
                 bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
                 bar.update()
             if s.max_loss is not None and loss > s.max_loss:
-                break
+                break  # as in the Keras example, after the step that crossed it
         if s.detail == "dream":
             detail = x - pyramid[k]
+        elif s.detail == "photo":
+            # The Keras example adds, after the octave's ascent, what upscaling the photo from
+            # the previous size lost (nothing at the first octave).
+            previous = sizes[max(k - 1, 0)]
+            x = x + resize(base_t, hw) - resize(resize(base_t, previous), hw)
         result.losses += octave_losses
         result.octave_of_step += [k] * len(octave_losses)
-        picture = to_uint8(x)
+        picture = _finish(x, base, s.preserve_colors)
         result.octave_images.append(picture)
         if on_octave is not None:
             on_octave(k, picture, octave_losses)
@@ -282,9 +302,42 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
         bar.close()
     if sizes[-1] != tuple(base.shape[:2]):
         x = resize(x, base.shape[:2])
-    result.image = to_uint8(x)
+    result.image = _finish(x, base, s.preserve_colors)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _finish(x, photo: np.ndarray, preserve_colors: bool) -> np.ndarray:
+    """The uint8 picture; with preserve_colors, the dream's luminance in the photo's colours."""
+    if not preserve_colors:
+        return to_uint8(x)
+    tf = _tf()
+    x = tf.clip_by_value(x, -1.0, 1.0)
+    colours = tf.image.resize(photo, tf.shape(x)[:2], method="bilinear")
+    dreamt = tf.image.rgb_to_yuv((x + 1.0) / 2.0)
+    original = tf.image.rgb_to_yuv((colours + 1.0) / 2.0)
+    mixed = tf.concat([dreamt[..., :1], original[..., 1:]], axis=-1)
+    return to_uint8(tf.image.yuv_to_rgb(mixed) * 2.0 - 1.0)
+
+
+def zoom(image: np.ndarray, amount: float) -> np.ndarray:
+    """Zoom in about the centre by `amount` (0.05: the centre 95% fills the frame)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    dy, dx = h * amount / 2, w * amount / 2
+    with Image.fromarray(image) as im:
+        return np.asarray(im.resize((w, h), Image.BILINEAR, box=(dx, dy, w - dx, h - dy)))
+
+
+def dream_zoom(image: np.ndarray, frames: int, amount: float, **kwargs):
+    """Google's zoom video: frame i is the dream of frame i-1 zoomed in; yields each result.
+    Every frame reuses the seed, so the jitter sequence does not add flicker."""
+    current = image
+    for _ in range(frames):
+        result = dream(current, **kwargs)
+        yield result
+        current = zoom(result.image, amount)
 
 
 def _progress_bar(total: int):

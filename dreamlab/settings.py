@@ -50,6 +50,8 @@ class DreamSettings:
     tile_size: int = 0
     # Seeds the jitter and the noise image; same seed, config and machine: same bytes.
     seed: int = 0
+    # Keep the photo's colours: only the luminance of the dream is kept.
+    preserve_colors: bool = False
 
     def __post_init__(self) -> None:
         check(self.octaves >= 1, "octaves must be >= 1", "octaves=4")

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import config, images
+from . import backbones, config, images
 from .errors import DreamlabError
 
 log = logging.getLogger("dreamlab")
@@ -96,7 +96,7 @@ def run_job(cfg: DictConfig) -> float:
     tracker = _start_run(cfg, resolved, hc) if cfg.mlflow.enabled else None
     try:
         conf: config.Config = OmegaConf.to_object(cfg)  # validates every value
-        result = _dream(conf, tracker)
+        result = _dream(conf, tracker, job_dir)
         out = images.save_png(result.image, job_dir / "dream.png")
         final = result.losses[-1]
         log.info("dream.png written to %s (final loss %.4g, %.1fs)", out, final, result.seconds)
@@ -115,7 +115,7 @@ def run_job(cfg: DictConfig) -> float:
         raise
 
 
-def _dream(conf: "config.Config", tracker):
+def _dream(conf: "config.Config", tracker, job_dir: Path):
     from . import engine
     from .settings import DreamSettings
 
@@ -126,18 +126,36 @@ def _dream(conf: "config.Config", tracker):
         if tracker is not None:
             tracker.log_artifact(conf.image, "input")
             tracker.set_tags({"dreamlab.input_sha256": images.sha256(conf.image)})
-    knobs = {name: getattr(conf, name) for name in DreamSettings.names()}
-    n_octaves = conf.octaves
+    guide = None if conf.guide is None else images.load(conf.guide, conf.max_size)
+    backbone = conf.backbone.name
+    if backbone == backbones.CUSTOM:
+        backbone = backbones.custom(conf.backbone.path, conf.backbone.preprocess)
+    kwargs = dict(backbone=backbone, weights=conf.backbone.weights, layers=conf.layers,
+                  guide=guide, progress=conf.progress,
+                  **{name: getattr(conf, name) for name in DreamSettings.names()})
+    zooming = conf.frames > 0
 
     def on_octave(k: int, image, losses: list[float]) -> None:
-        log.info("octave %d/%d %dx%d: loss %.4g -> %.4g", k + 1, n_octaves,
+        log.info("octave %d/%d %dx%d: loss %.4g -> %.4g", k + 1, conf.octaves,
                  image.shape[1], image.shape[0], losses[0], losses[-1])
-        if tracker is not None:
-            tracker.log_octave(k, image, losses)
+        if tracker is not None:  # a zoom video logs its frames, not every octave of them
+            tracker.log_octave(k, None if zooming else image, losses)
 
-    return engine.dream(picture, backbone=conf.backbone.name, weights=conf.backbone.weights,
-                        layers=conf.layers, progress=conf.progress, on_octave=on_octave,
-                        **knobs)
+    if not zooming:
+        return engine.dream(picture, on_octave=on_octave, **kwargs)
+    frames = []
+    for i, result in enumerate(engine.dream_zoom(picture, conf.frames, conf.zoom,
+                                                 on_octave=on_octave, **kwargs)):
+        frames.append(result.image)
+        path = images.save_png(result.image, job_dir / "frames" / f"frame_{i:04d}.png")
+        log.info("frame %d/%d written to %s", i + 1, conf.frames, path)
+        if tracker is not None:
+            tracker.log_image(result.image, "frame", i)
+    gif = images.save_gif(frames, job_dir / "zoom.gif")
+    if tracker is not None:
+        tracker.log_artifact(str(gif))
+        tracker.log_artifact(str(job_dir / "frames"))
+    return result
 
 
 def _start_run(cfg: DictConfig, resolved: dict, hc) -> Any:
@@ -157,6 +175,8 @@ def _start_run(cfg: DictConfig, resolved: dict, hc) -> Any:
     if swept:
         named = [o for o in named if o.split("=", 1)[0] in swept]
     tags.update(tracking.environment())
+    params = tracking.flatten(resolved)
+    # The recipe is a config group, so it is not a key of the resolved config; log the choice.
+    params["recipe"] = str(hc.runtime.choices.get("recipe"))
     return tracking.JobRun(cfg.mlflow.tracking_uri, cfg.mlflow.experiment,
-                           run_name=",".join(named) or "dream",
-                           params=tracking.flatten(resolved), tags=tags)
+                           run_name=",".join(named) or "dream", params=params, tags=tags)

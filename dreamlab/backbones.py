@@ -37,28 +37,68 @@ class BackboneSpec:
     presets: dict = field(default_factory=dict)  # named {layer: weight} maps; "default" first
 
 
+def _two(a: str, b: str) -> dict:
+    return {"default": {a: 1.0, b: 1.0}}
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "inception_v3": BackboneSpec("InceptionV3", "tf", 75, {
         "default": {"mixed3": 1.0, "mixed5": 1.0},
-        "google": {"mixed4": 1.0},
         "tutorial": {"mixed3": 1.0, "mixed5": 1.0},
         "keras": {"mixed4": 1.0, "mixed5": 1.5, "mixed6": 2.0, "mixed7": 2.5},
         "dlwp": {"mixed2": 0.2, "mixed3": 3.0, "mixed4": 2.0, "mixed5": 1.5},
     }),
-    "vgg16": BackboneSpec("VGG16", "caffe", 32, {
-        "default": {"block4_conv3": 1.0, "block5_conv2": 1.0},
-    }),
-    "vgg19": BackboneSpec("VGG19", "caffe", 32, {
-        "default": {"block4_conv4": 1.0, "block5_conv2": 1.0},
-    }),
-    "resnet50": BackboneSpec("ResNet50", "caffe", 32, {
-        "default": {"conv3_block4_out": 1.0, "conv4_block6_out": 1.0},
-    }),
+    "inception_resnet_v2": BackboneSpec("InceptionResNetV2", "tf", 75, _two("mixed_6a", "block17_10_ac")),
+    "xception": BackboneSpec("Xception", "tf", 71, _two("block4_pool", "block8_sepconv3_act")),
+    "vgg16": BackboneSpec("VGG16", "caffe", 32, _two("block4_conv3", "block5_conv2")),
+    "vgg19": BackboneSpec("VGG19", "caffe", 32, _two("block4_conv4", "block5_conv2")),
+    "resnet50": BackboneSpec("ResNet50", "caffe", 32, _two("conv3_block4_out", "conv4_block6_out")),
+    "resnet101": BackboneSpec("ResNet101", "caffe", 32, _two("conv3_block4_out", "conv4_block12_out")),
+    "resnet152": BackboneSpec("ResNet152", "caffe", 32, _two("conv3_block8_out", "conv4_block18_out")),
+    "resnet50_v2": BackboneSpec("ResNet50V2", "tf", 32, _two("conv3_block4_out", "conv4_block6_out")),
+    "resnet101_v2": BackboneSpec("ResNet101V2", "tf", 32, _two("conv3_block4_out", "conv4_block12_out")),
+    "resnet152_v2": BackboneSpec("ResNet152V2", "tf", 32, _two("conv3_block8_out", "conv4_block18_out")),
+    "densenet121": BackboneSpec("DenseNet121", "torch", 32, _two("conv3_block12_concat", "conv4_block12_concat")),
+    "densenet169": BackboneSpec("DenseNet169", "torch", 32, _two("conv3_block12_concat", "conv4_block16_concat")),
+    "densenet201": BackboneSpec("DenseNet201", "torch", 32, _two("conv3_block12_concat", "conv4_block24_concat")),
+    "mobilenet": BackboneSpec("MobileNet", "tf", 32, _two("conv_pw_6_relu", "conv_pw_10_relu")),
     "mobilenet_v2": BackboneSpec("MobileNetV2", "tf", 32, {
         "default": {"block_9_add": 1.0, "block_12_add": 1.0},
         "fur": {"block_12_add": 1.0, "block_14_add": 1.0},
     }),
+    # MobileNetV3, EfficientNet(V2) and ConvNeXt rescale their 0..255 input themselves.
+    "mobilenet_v3_small": BackboneSpec("MobileNetV3Small", "raw", 32, _two("expanded_conv_5_add", "expanded_conv_9_add")),
+    "mobilenet_v3_large": BackboneSpec("MobileNetV3Large", "raw", 32, _two("expanded_conv_7_add", "expanded_conv_11_add")),
+    **{f"efficientnet_b{i}": BackboneSpec(f"EfficientNetB{i}", "raw", 32, _two("block4c_add", "block5c_add"))
+       for i in range(8)},
+    **{f"efficientnet_v2_{v.lower()}": BackboneSpec(f"EfficientNetV2{v}", "raw", 32, _two("block4c_add", "block5c_add"))
+       for v in ("B0", "B1", "B2", "B3", "S", "M", "L")},
+    **{f"convnext_{size}": BackboneSpec(f"ConvNeXt{size.title().replace('Xl', 'XL')}", "raw", 32, _two(
+        f"convnext_{size}_stage_2_block_2_identity", f"convnext_{size}_stage_2_block_5_identity"))
+       for size in ("tiny", "small", "base", "large", "xlarge")},
 }
+# Left out: NASNet. Keras aligns its cells from the static input shape; built for any size
+# (None, None, 3) its cells do not fit together at any size (tests/test_backbones.py).
+
+
+CUSTOM = "custom"
+
+
+def custom(path: str, preprocess: str) -> str:
+    """Register the user's own Keras model file as a backbone; returns its name.
+
+    The model must take images of any size (input shape (None, None, 3)), as convolutional
+    feature extractors do; `preprocess` says which pixels it was trained on.
+    """
+    if preprocess not in PREPROCESS:
+        raise DreamlabError(f"backbone.preprocess must be one of {'|'.join(PREPROCESS)} for a custom "
+                            f"model, not {preprocess!r} (tf: [-1, 1], caffe: BGR minus mean, torch: "
+                            f"ImageNet mean/std, raw: 0..255, unit: 0..1)")
+    if not path or not os.path.isfile(path):
+        raise DreamlabError(f"custom model not found: {path}; give backbone.path=PATH of a .keras file")
+    name = f"{CUSTOM}:{os.path.abspath(path)}"
+    BACKBONES[name] = BackboneSpec("", preprocess, 1, {})
+    return name
 
 
 def spec(name: str) -> BackboneSpec:
@@ -70,13 +110,14 @@ def spec(name: str) -> BackboneSpec:
 
 
 # The recipes name InceptionV3 layer sets; on another backbone they mean its default set.
-RECIPES = ("google", "tutorial", "keras")
+RECIPES = ("tutorial", "keras")
 
 
 def presets(name: str) -> dict:
     table = dict(spec(name).presets)
     for recipe in RECIPES:
-        table.setdefault(recipe, table["default"])
+        if "default" in table:
+            table.setdefault(recipe, table["default"])
     return table
 
 
@@ -99,6 +140,8 @@ def _build(name: str, weights: Optional[str]):
     import keras
 
     info = spec(name)
+    if name.startswith(CUSTOM + ":"):
+        return _load_custom(name.split(":", 1)[1], weights)
     constructor = getattr(keras.applications, info.constructor)
 
     def make(w):
@@ -113,6 +156,25 @@ def _build(name: str, weights: Optional[str]):
     model = make(None)
     if weights is not None:
         load_weights(model, weights, f"backbone={name}")
+    return model
+
+
+def _load_custom(path: str, weights: Optional[str]):
+    import keras
+
+    try:
+        # safe_mode refuses Lambda layers and other code stored in the file.
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DreamlabError(f"cannot load the custom model {path} with safe_mode: {first[:300]} "
+                            f"(save it with model.save('model.keras'), without Lambda layers)") from None
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[-1] != 3 or any(d is not None for d in shape[1:3]):
+        raise DreamlabError(f"the custom model's input shape is {shape}: a dream needs any image "
+                            f"size, so build it with input shape (None, None, 3)")
+    if weights not in (None, "imagenet"):
+        load_weights(model, weights, f"the custom model {path}")
     return model
 
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 from . import backbones
-from .settings import DreamSettings
+from .settings import DreamSettings, check
 
 
 @dataclass
@@ -22,7 +22,12 @@ class BackboneConfig:
     # A key of dreamlab.backbones.BACKBONES (InceptionV3 is inception_v3).
     name: str = "inception_v3"
     # imagenet (Keras' download and cache), null (random weights), or a .weights.h5/.h5 path.
+    # A custom model keeps the weights saved in its file unless a path is given.
     weights: Optional[str] = "imagenet"
+    # backbone=custom: the user's own Keras model file (.keras, loaded with safe_mode) and
+    # the pixels it expects: tf ([-1, 1]), caffe, torch, raw (0..255) or unit (0..1).
+    path: Optional[str] = None
+    preprocess: str = "tf"
 
 
 @dataclass
@@ -44,9 +49,22 @@ class Config(DreamSettings):
     # A preset of the backbone (default, tutorial, keras, ...), a layer name, a list of
     # names, or a {layer: weight} map (a weight may be {weight: W, channels: [...]}).
     layers: Any = "default"
+    # A picture whose features the layers pull toward (Google's objective_guide); null: none.
+    guide: Optional[str] = None
+    # Google's zoom video: frames > 0 dreams each frame from the previous one zoomed in by
+    # `zoom` (0.05 = 5%), saved as frames/*.png and zoom.gif.
+    frames: int = 0
+    zoom: float = 0.05
     # A per-job progress bar on the console.
     progress: bool = True
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.max_size is None or self.max_size >= 8, "max_size must be >= 8 or null", "max_size=512")
+        check(self.frames >= 0, "frames must be >= 0 (0 = a single picture)", "frames=30")
+        check(0 < self.zoom < 0.5, "zoom must be between 0 and 0.5", "zoom=0.05")
 
 
 def register() -> None:
@@ -54,3 +72,5 @@ def register() -> None:
     cs.store(name="dreamlab_schema", node=Config)
     for name in backbones.BACKBONES:
         cs.store(group="backbone", name=name, node=BackboneConfig(name=name))
+    cs.store(group="backbone", name=backbones.CUSTOM,
+             node=BackboneConfig(name=backbones.CUSTOM, weights=None))

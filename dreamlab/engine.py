@@ -70,7 +70,7 @@ class DreamStep:
         self.min_size = backbones.min_size(self.extractor)
         self.grad_norm, self.clip = grad_norm, clip
         pre = backbones.PREPROCESS[backbones.spec(backbone).preprocess]
-        self._identity_input = backbone and backbones.spec(backbone).preprocess == "tf"
+        self._identity_input = backbones.spec(backbone).preprocess == "tf"
         self._order = list(pre["order"])
         self._mean = tf.constant(pre["mean"], tf.float32)
         self._std = tf.constant(pre["std"], tf.float32)
@@ -240,8 +240,11 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
     base = to_unit(image)
     if base.ndim != 3 or base.shape[-1] != 3:
         raise DreamlabError(f"the image must be H x W x 3 RGB, got shape {base.shape}")
-    objective = Objective(parse_layers(layers, backbones.presets(backbone)),
-                          s.objective, s.objective_border)
+    table = backbones.presets(backbone)
+    if isinstance(layers, str) and layers in ("default",) + backbones.RECIPES and layers not in table:
+        raise DreamlabError(f"this backbone has no '{layers}' layer preset: name its layers, for "
+                            f"example layers=NAME (python -m dreamlab.layers lists them)")
+    objective = Objective(parse_layers(layers, table), s.objective, s.objective_border)
     step = compiled_step(backbone, weights, objective, s.grad_norm, s.clip,
                          None if guide is None else to_unit(guide))
     sizes = octave_sizes(base.shape[0], base.shape[1], s)

@@ -50,6 +50,16 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     return path
 
 
+def save_gif(frames: list[np.ndarray], path: str | os.PathLike, fps: int = 12) -> Path:
+    """An endless animation of the frames (Pillow's GIF writer: no extra dependency)."""
+    from PIL import Image
+
+    path = Path(path)
+    first, *rest = [Image.fromarray(f) for f in frames]
+    first.save(path, save_all=True, append_images=rest, duration=int(1000 / fps), loop=0)
+    return path
+
+
 def sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -1,5 +1,6 @@
 """The knobs of the DeepDream algorithm: one dataclass, the single source of their names,
-defaults and meanings.
+defaults and meanings. The defaults are the `google` recipe (conf/recipe/google.yaml), the
+default of the app too.
 
 The Hydra schema (`dreamlab.config.Config`) extends this class, so every field here is a
 top-level config key (`octaves=5`), the keyword of `dreamlab.dream(...)` and the MLflow param
@@ -29,14 +30,14 @@ class DreamSettings:
     steps: int = 10
     # Step size in units of the [-1, 1] image range (Google's 1.5 pixel step is 1.5/127.5);
     # the same value means the same visual strength on every backbone.
-    step_size: float = 0.01
+    step_size: float = 0.011764706
     # Score of a layer: mean (tutorial), mean_square (Keras example), l2 = 0.5*sum(a^2) (Google).
-    objective: str = "mean_square"
+    objective: str = "l2"
     # Pixels left out at each border of the activation (the Keras example's 2); the divisor
     # stays the full size, as in the reference.
     objective_border: int = 0
     # Gradient normalisation: std (tutorial), mean_abs (Google, Keras), l2 (root mean square).
-    grad_norm: str = "std"
+    grad_norm: str = "mean_abs"
     # What travels up the octaves: dream (Google: the dreamt detail), photo (Keras: the
     # photo's lost detail), none (tutorial: the image is just resized).
     detail: str = "dream"
@@ -46,8 +47,9 @@ class DreamSettings:
     clip: bool = True
     # Stop an octave once its loss exceeds this (the Keras example's 15); null = never.
     max_loss: Optional[float] = None
-    # Compute the gradient tile by tile over a randomly rolled image (0 = whole image).
-    tile_size: int = 0
+    # Octaves larger than this are computed tile by tile over a randomly rolled image, so
+    # memory is bounded by the tile, not the picture (0 = always the whole image at once).
+    tile_size: int = 512
     # Seeds the jitter and the noise image; same seed, config and machine: same bytes.
     seed: int = 0
     # Keep the photo's colours: only the luminance of the dream is kept.

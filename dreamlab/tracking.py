@@ -103,7 +103,7 @@ class JobRun:
         for i in range(0, len(items), _PARAM_BATCH):
             self.client.log_batch(self.run_id, params=items[i:i + _PARAM_BATCH])
 
-    def log_octave(self, octave: int, image: np.ndarray, losses: list[float]) -> None:
+    def log_octave(self, octave: int, image: Optional[np.ndarray], losses: list[float]) -> None:
         """The octave's losses (global step index) and its picture, without waiting."""
         from mlflow.entities import Metric
 
@@ -116,8 +116,12 @@ class JobRun:
         for i in range(0, len(metrics), _BATCH):
             self._pending.append(self.client.log_batch(
                 self.run_id, metrics=metrics[i:i + _BATCH], synchronous=False))
+        if image is not None:
+            self.log_image(image, "octave", octave)
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         self._pending.append(self.client.log_image(
-            self.run_id, image, key="octave", step=octave, synchronous=False))
+            self.run_id, image, key=key, step=step, synchronous=False))
 
     def log_artifact(self, path: str, folder: Optional[str] = None) -> None:
         self.client.log_artifact(self.run_id, path, folder)

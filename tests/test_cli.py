@@ -8,6 +8,8 @@ from mlflow.tracking import MlflowClient
 from conftest import SHARED_WEIGHTS, error_lines, run_cli, store_uri
 
 PARENT = "mlflow.parentRunId"
+# Keep the module's tests on one xdist worker: they share the literal sweep's store.
+pytestmark = pytest.mark.xdist_group("cli")
 
 
 def runs(uri: str, where: str = ""):
@@ -56,8 +58,8 @@ def test_each_child_has_params_losses_octave_images_and_artifacts(literal_sweep)
         octaves = int(p["octaves"])
         assert run.info.run_name == f"layers={p['layers']},octaves={octaves}"
         assert p["steps"] == "2" and p["max_size"] == "168" and p["backbone.name"] == "inception_v3"
-        assert p["backbone.weights"] == "null" and p["step_size"] == "0.01" and p["seed"] == "0"
-        assert p["mlflow.tracking_uri"] == uri
+        assert p["backbone.weights"] == "null" and p["step_size"] == "0.011764706" and p["seed"] == "0"
+        assert p["mlflow.tracking_uri"] == uri and p["recipe"] == "google"
         losses = client.get_metric_history(run.info.run_id, "loss")
         assert [m.step for m in losses] == list(range(octaves * 2))
         octave = client.get_metric_history(run.info.run_id, "octave")

@@ -83,3 +83,20 @@ def test_bad_values_say_what_to_do(small_array, bad, words):
     with pytest.raises(DreamlabError) as err:
         dreamlab.dream(small_array, **RANDOM, **{"layers": "block_9_add", **bad})
     assert words in str(err.value)
+
+
+def test_tiled_gradients_leave_no_seams(square_photo):
+    """Tiles of 64 px over a 192 px photo: the random roll moves the tile borders at every
+    step, so the change to the picture shows no lines along the tile grid."""
+    from PIL import Image
+
+    with Image.open(square_photo) as im:
+        photo = np.asarray(im.resize((192, 192), Image.LANCZOS))
+    result = dreamlab.dream(photo, **TRAINED, layers="block_9_add", octaves=1, steps=8, tile_size=64)
+    change = np.abs(result.image.astype(float) - photo).mean(axis=(0, 2))  # per column
+    grid = [c for c in (63, 64, 127, 128)]
+    assert change.mean() > 2.0
+    assert change[grid].mean() < 1.5 * change.mean()
+    rows = np.abs(result.image.astype(float) - photo).mean(axis=(1, 2))
+    assert rows[grid].mean() < 1.5 * rows.mean()
+

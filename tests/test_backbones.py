@@ -1,0 +1,64 @@
+"""Every Keras Applications backbone dreams: one step at the smallest size its default
+layers can take, with random weights (shapes and plumbing, not pictures)."""
+
+import numpy as np
+import pytest
+
+import dreamlab
+from dreamlab import backbones, engine
+
+
+@pytest.mark.parametrize("name", list(backbones.BACKBONES))
+def test_every_backbone_dreams_a_step_at_its_smallest_size(name, monkeypatch):
+    # A fresh cache per backbone, so the suite never holds forty models at once.
+    monkeypatch.setattr(backbones, "_MODELS", {})
+    monkeypatch.setattr(engine, "_STEPS", {})
+    objective = engine.Objective(engine.parse_layers("default", backbones.presets(name)))
+    step = engine.compiled_step(name, None, objective, "mean_abs", True)
+    side = step.min_size
+    assert 1 <= side <= 256
+    photo = np.random.default_rng(0).integers(0, 256, (side, side + 3, 3), dtype=np.uint8)
+    result = dreamlab.dream(photo, backbone=name, weights=None, layers="default", octaves=1,
+                            steps=1, jitter=0)
+    assert result.image.shape == photo.shape and np.isfinite(result.losses[0])
+    with pytest.raises(dreamlab.DreamlabError, match="smallest octave"):
+        dreamlab.dream(photo[: side - 1], backbone=name, weights=None, layers="default", octaves=1, steps=1)
+
+
+def test_nasnet_is_left_out_because_it_cannot_take_variable_sizes():
+    """If a future Keras fixes this, NASNet can join the table."""
+    import keras
+
+    model = keras.applications.NASNetMobile(include_top=False, weights=None, input_shape=(None, None, 3))
+    for side in (224, 256, 331):
+        with pytest.raises(Exception, match="incompatible shapes"):
+            model.compute_output_shape((1, side, side, 3))
+    assert "nasnet_mobile" not in backbones.BACKBONES
+
+
+def test_a_users_own_keras_model_dreams_through_the_cli(tmp_path, square_photo):
+    import keras
+
+    from conftest import run_cli
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv1")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="conv2")(x)
+    keras.Model(inputs, x).save(tmp_path / "mine.keras")
+    proc = run_cli(["backbone=custom", f"backbone.path={tmp_path / 'mine.keras'}", "backbone.preprocess=unit",
+                    "layers=conv2", f"image={square_photo}", "max_size=64", "octaves=2", "steps=2",
+                    "mlflow.enabled=false", "hydra.run.dir=out"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "dream.png").is_file()
+
+
+def test_a_custom_model_with_code_in_it_is_refused_by_safe_mode(tmp_path, small_array):
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(inputs)
+    x = keras.layers.Conv2D(4, 3, name="conv")(x)
+    keras.Model(inputs, x).save(tmp_path / "lambda.keras")
+    name = backbones.custom(str(tmp_path / "lambda.keras"), "tf")
+    with pytest.raises(dreamlab.DreamlabError, match="safe_mode"):
+        dreamlab.dream(small_array, backbone=name, weights=None, layers="conv", octaves=1, steps=1)

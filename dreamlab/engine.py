@@ -132,25 +132,32 @@ class DreamStep:
         return total
 
     def _gradient(self, x, tile):
-        """Loss and gradient over the whole image, summed tile by tile (memory: one tile)."""
+        """Loss and gradient over the whole image, tile by tile: each tile's gradient is taken
+        with respect to the tile alone and the tiles are stitched back, so no full-size
+        gradient exists per tile and memory is bounded by the tile (plus the image itself)."""
         tf = _tf()
         h, w = tf.shape(x)[0], tf.shape(x)[1]
         tile = tf.where(tile > 0, tile, tf.maximum(h, w))
         # Even tiles: n tiles per side of about h/n >= tile/2 pixels, never a sliver that the
         # network cannot take.
         ny, nx = (h + tile - 1) // tile, (w + tile - 1) // tile
-        grad = tf.zeros_like(x)
+        rows = tf.TensorArray(tf.float32, size=ny, infer_shape=False)
         loss = tf.constant(0.0)
         for i in tf.range(ny):
+            y0, y1 = i * h // ny, (i + 1) * h // ny
+            # Tiles of a row are stored transposed, so that TensorArray.concat (axis 0)
+            # joins them side by side.
+            row = tf.TensorArray(tf.float32, size=nx, infer_shape=False)
             for j in tf.range(nx):
-                y0, y1 = i * h // ny, (i + 1) * h // ny
                 x0, x1 = j * w // nx, (j + 1) * w // nx
+                piece = x[y0:y1, x0:x1]
                 with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    piece = self.score(x[y0:y1, x0:x1])
-                grad += tape.gradient(piece, x)
-                loss += piece
-        return loss, grad
+                    tape.watch(piece)
+                    score = self.score(piece)
+                row = row.write(j, tf.transpose(tape.gradient(score, piece), [1, 0, 2]))
+                loss += score
+            rows = rows.write(i, tf.transpose(row.concat(), [1, 0, 2]))
+        return loss, tf.reshape(rows.concat(), tf.shape(x))
 
     def _step(self, x, roll, step_size, tile):
         tf = _tf()
@@ -221,7 +228,13 @@ def to_unit(image: np.ndarray) -> np.ndarray:
 
 
 def to_uint8(x) -> np.ndarray:
-    return np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    # In place: at 4096 px every extra float copy of the picture is 200 MB.
+    out = np.array(x, dtype=np.float32)
+    out += 1.0
+    out *= 127.5
+    np.round(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
 
 
 def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] = "imagenet",
@@ -253,8 +266,12 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
     started = time.perf_counter()
     rng = np.random.default_rng(s.seed)
     base_t = tf.constant(base)
+    base_shape = base.shape[:2]
+    del base  # the tensor is the one copy kept of the photo
 
     def resize(img, hw):
+        if tuple(img.shape[:2]) == tuple(hw):
+            return img  # bilinear resizing to the same size is the identity
         return tf.image.resize(img, hw, method="bilinear")
 
     if s.detail == "dream":  # Google's pyramid: each level the next larger one zoomed down
@@ -297,20 +314,19 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
             x = x + resize(base_t, hw) - resize(resize(base_t, previous), hw)
         result.losses += octave_losses
         result.octave_of_step += [k] * len(octave_losses)
-        picture = _finish(x, base, s.preserve_colors)
+        picture = _finish(x, base_t, s.preserve_colors)
         result.octave_images.append(picture)
         if on_octave is not None:
             on_octave(k, picture, octave_losses)
     if bar is not None:
         bar.close()
-    if sizes[-1] != tuple(base.shape[:2]):
-        x = resize(x, base.shape[:2])
-    result.image = _finish(x, base, s.preserve_colors)
+    x = resize(x, base_shape)
+    result.image = _finish(x, base_t, s.preserve_colors)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _finish(x, photo: np.ndarray, preserve_colors: bool) -> np.ndarray:
+def _finish(x, photo, preserve_colors: bool) -> np.ndarray:
     """The uint8 picture; with preserve_colors, the dream's luminance in the photo's colours."""
     if not preserve_colors:
         return to_uint8(x)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -90,29 +91,70 @@ def main(cfg: DictConfig) -> Optional[float]:
 
 
 def run_job(cfg: DictConfig) -> float:
+    from . import sweep
+
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
+    started = time.perf_counter()
+    record = {"job": hc.job.num if hc.mode == RunMode.MULTIRUN else 0,
+              "overrides": " ".join(hc.overrides.task), "status": "FAILED", "error": None}
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker = _start_run(cfg, resolved, hc) if cfg.mlflow.enabled else None
+    tracker = None
     try:
+        fp = _fingerprint(cfg, resolved, hc) if cfg.mlflow.enabled else None
+        if fp and cfg.resume and hc.mode == RunMode.MULTIRUN:
+            done = _resume(cfg, fp, job_dir)
+            if done is not None:
+                history = tracking_history(cfg.mlflow.tracking_uri, done.info.run_id)
+                record.update(status="SKIPPED", run_id=done.info.run_id, losses=history,
+                              loss=history[-1] if history else None)
+                return record["loss"]
+        if cfg.mlflow.enabled:
+            tracker = _start_run(cfg, resolved, hc, fp)
         conf: config.Config = OmegaConf.to_object(cfg)  # validates every value
-        result = _dream(conf, tracker, job_dir)
-        out = images.save_png(result.image, job_dir / "dream.png")
-        final = result.losses[-1]
-        log.info("dream.png written to %s (final loss %.4g, %.1fs)", out, final, result.seconds)
-        if tracker is not None:
-            tracker.log_artifact(str(out))
-            tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-            overrides = job_dir / ".hydra" / "overrides.yaml"
-            if overrides.is_file():
-                tracker.log_artifact(str(overrides))
-            tracker.end()
-        return final
+        result = dream_job(conf, resolved, job_dir, tracker)
+        record.update(status="FINISHED", loss=result.losses[-1], losses=result.losses)
+        return result.losses[-1]
     except BaseException as exc:
+        record["error"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if tracker is not None:
-            tracker.end(error=str(exc).strip().splitlines()[0] if str(exc).strip()
-                        else type(exc).__name__)
+            tracker.end(error=record["error"])
         raise
+    finally:
+        record["seconds"] = round(time.perf_counter() - started, 2)
+        if tracker is not None:
+            record["run_id"] = tracker.run_id
+        if (job_dir / "dream.png").is_file():
+            record["image"] = str(job_dir / "dream.png")
+        sweep.write_job_record(job_dir, record)
+
+
+def tracking_history(uri: str, run_id: str) -> list[float]:
+    from . import tracking
+
+    history = tracking.client(uri).get_metric_history(run_id, "loss")
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def dream_job(conf: "config.Config", resolved: dict, job_dir: Path, tracker):
+    """Dream, save dream.png and loss.png in job_dir and log it all; returns the result."""
+    from . import plots
+
+    result = _dream(conf, tracker, job_dir)
+    out = images.save_png(result.image, job_dir / "dream.png")
+    final = result.losses[-1]
+    log.info("dream.png written to %s (final loss %.4g, %.1fs)", out, final, result.seconds)
+    curve = plots.loss_curve(result.losses, result.octave_of_step, job_dir / "loss.png",
+                             title=job_dir.name)
+    if tracker is not None:
+        tracker.log_artifact(str(out))
+        tracker.log_artifact(str(curve))
+        tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+        overrides = job_dir / ".hydra" / "overrides.yaml"
+        if overrides.is_file():
+            tracker.log_artifact(str(overrides))
+        tracker.end()
+    return result
 
 
 def _dream(conf: "config.Config", tracker, job_dir: Path):
@@ -126,7 +168,12 @@ def _dream(conf: "config.Config", tracker, job_dir: Path):
         if tracker is not None:
             tracker.log_artifact(conf.image, "input")
             tracker.set_tags({"dreamlab.input_sha256": images.sha256(conf.image)})
-    guide = None if conf.guide is None else images.load(conf.guide, conf.max_size)
+    guide = None
+    if conf.guide is not None:
+        guide = images.load(conf.guide, conf.max_size)
+        if tracker is not None:
+            tracker.log_artifact(conf.guide, "guide")
+            tracker.set_tags({"dreamlab.guide_sha256": images.sha256(conf.guide)})
     backbone = conf.backbone.name
     if backbone == backbones.CUSTOM:
         backbone = backbones.custom(conf.backbone.path, conf.backbone.preprocess)
@@ -158,12 +205,42 @@ def _dream(conf: "config.Config", tracker, job_dir: Path):
     return result
 
 
-def _start_run(cfg: DictConfig, resolved: dict, hc) -> Any:
+def _fingerprint(cfg: DictConfig, resolved: dict, hc) -> str:
+    from . import tracking
+
+    def sha(path):
+        return images.sha256(path) if path and os.path.isfile(path) else str(path)
+
+    name = cfg.backbone.name
+    if name == backbones.CUSTOM and cfg.backbone.path:
+        name = f"{backbones.CUSTOM}:{os.path.abspath(cfg.backbone.path)}"
+    return tracking.fingerprint(resolved, str(hc.runtime.choices.get("recipe")), sha(cfg.image),
+                                sha(cfg.guide), backbones.weights_identity(name, cfg.backbone.weights))
+
+
+def _resume(cfg: DictConfig, fp: str, job_dir: Path):
+    """The FINISHED run that already did this job's work; its picture is copied into the
+    job folder so the sweep's contact sheet still shows every job."""
+    from . import tracking
+
+    done = tracking.finished_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, fp)
+    if done is None:
+        return None
+    job_dir.mkdir(parents=True, exist_ok=True)
+    tracking.client(cfg.mlflow.tracking_uri).download_artifacts(done.info.run_id, "dream.png", str(job_dir))
+    log.info("skipped: this exact work is already FINISHED as run %s (%s); resume=false reruns it",
+             done.info.run_id, done.info.run_name)
+    return done
+
+
+def _start_run(cfg: DictConfig, resolved: dict, hc, fp: Optional[str]) -> Any:
     from . import sweep, tracking
 
     overrides = list(hc.overrides.task)
     tags = {tracking.JOB_TAG: str(hc.job.num) if hc.mode == RunMode.MULTIRUN else "0",
             "dreamlab.overrides": " ".join(overrides)}
+    if fp:
+        tags[tracking.FINGERPRINT_TAG] = fp
     swept: list[str] = []
     if hc.mode == RunMode.MULTIRUN:
         info = sweep.read_sweep_file(hc.sweep.dir)

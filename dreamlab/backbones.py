@@ -245,6 +245,32 @@ def min_size(extractor, limit: int = 1024) -> int:
     return lo
 
 
+def weights_identity(name: str, weights: Optional[str]) -> str:
+    """What the weights are, for telling whether two jobs did the same work: a file by its
+    SHA-256 (a custom model by its file's), Keras' ImageNet weights by the Keras version."""
+    import hashlib
+
+    import keras
+
+    def digest(path: str) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    parts = []
+    if name.startswith(CUSTOM + ":") and os.path.isfile(name.split(":", 1)[1]):
+        parts.append("model:" + digest(name.split(":", 1)[1]))
+    if weights is None:
+        parts.append("random")
+    elif weights == "imagenet":
+        parts.append(f"imagenet:keras-{keras.__version__}")
+    else:
+        parts.append("file:" + (digest(weights) if os.path.isfile(weights) else "missing"))
+    return ",".join(parts)
+
+
 def layer_names(model) -> list[str]:
     return [layer.name for layer in model.layers]
 

@@ -55,6 +55,9 @@ class Config(DreamSettings):
     # `zoom` (0.05 = 5%), saved as frames/*.png and zoom.gif.
     frames: int = 0
     zoom: float = 0.05
+    # In a multirun, skip a job whose exact work (config, input photo, weights) already has a
+    # FINISHED run in the experiment; false reruns everything.
+    resume: bool = True
     # A per-job progress bar on the console.
     progress: bool = True
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)

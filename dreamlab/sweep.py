@@ -44,68 +44,108 @@ def read_sweep_file(sweep_dir: str) -> dict:
 
 class MlflowSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.mlflow.enabled:
-            return
-        from . import tracking
-
         hydra_cfg = config.hydra
         sweep_dir = Path(str(hydra_cfg.sweep.dir))
         overrides = list(hydra_cfg.overrides.task)
         params = hydra_cfg.sweeper.get("params")
         params = OmegaConf.to_container(params, resolve=True) if params else {}
         keys = swept_keys(overrides, params)
-        name = OmegaConf.select(config, "hydra.runtime.choices.sweep", default=None)
-        uri, experiment = config.mlflow.tracking_uri, config.mlflow.experiment
-        client = tracking.client(uri)
-        exp = tracking.experiment_id(client, experiment, uri)
-        command = "python -m dreamlab " + " ".join(sys.argv[1:])
-        run = client.create_run(exp, run_name=f"sweep {name or sweep_dir.name}", tags={
-            tracking.SWEEP_TAG: str(sweep_dir.resolve()),
-            "dreamlab.role": "sweep",
-        })
-        run_id = run.info.run_id
-        swept = [o for o in overrides if any(o.lstrip("+~").startswith(k + "=") for k in keys)]
-        swept += [f"{k}={v}" for k, v in params.items() if not any(s.startswith(k + "=") for s in swept)]
-        client.log_param(run_id, "command", command)
-        client.log_param(run_id, "swept", " ".join(swept))
-        client.log_param(run_id, "sweep", name or "command line")
+        info = {"parent_run_id": None, "swept": keys, "experiment_id": None}
+        if config.mlflow.enabled:
+            from . import tracking
+
+            name = OmegaConf.select(config, "hydra.runtime.choices.sweep", default=None)
+            uri, experiment = config.mlflow.tracking_uri, config.mlflow.experiment
+            client = tracking.client(uri)
+            exp = tracking.experiment_id(client, experiment, uri)
+            run = client.create_run(exp, run_name=f"sweep {name or sweep_dir.name}", tags={
+                tracking.SWEEP_TAG: str(sweep_dir.resolve()),
+                "dreamlab.role": "sweep",
+            })
+            run_id = run.info.run_id
+            swept = [o for o in overrides if any(o.lstrip("+~").startswith(k + "=") for k in keys)]
+            swept += [f"{k}={v}" for k, v in params.items() if not any(s.startswith(k + "=") for s in swept)]
+            client.log_param(run_id, "command", "python -m dreamlab " + " ".join(sys.argv[1:]))
+            client.log_param(run_id, "swept", " ".join(swept))
+            client.log_param(run_id, "sweep", name or "command line")
+            info.update(parent_run_id=run_id, experiment_id=exp)
+            os.environ[PARENT_ENV] = run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps(
-            {"parent_run_id": run_id, "swept": keys, "experiment_id": exp}))
-        os.environ[PARENT_ENV] = run_id
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.mlflow.enabled:
-            return
-        from . import tracking
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = read_job_records(sweep_dir)
+        info = read_sweep_file(str(sweep_dir))
+        failed = [j for j in jobs if j["status"] == "FAILED"]
+        skipped = [j for j in jobs if j["status"] == "SKIPPED"]
+        print(summary(jobs, info.get("swept", [])), file=sys.stderr if failed else sys.stdout)
+        if skipped:
+            print(f"resumed: {len(skipped)} of {len(jobs)} jobs skipped, their work was already "
+                  f"FINISHED (resume=false reruns them): jobs {', '.join(str(j['job']) for j in skipped)}")
+        sheet, overlay = _sweep_pictures(config, sweep_dir, jobs, info.get("swept", []))
+        print(f"contact sheet: {sheet}")
+        if info.get("parent_run_id"):
+            from . import tracking
 
-        info = read_sweep_file(str(config.hydra.sweep.dir))
-        if not info.get("parent_run_id"):
-            return
-        os.environ.pop(PARENT_ENV, None)
-        client = tracking.client(config.mlflow.tracking_uri)
-        parent = info["parent_run_id"]
-        children = client.search_runs(
-            [info["experiment_id"]], f"tags.`{tracking.PARENT_TAG}` = '{parent}'",
-            max_results=10000, order_by=["attributes.start_time ASC"])
-        failed = [r for r in children if r.info.status != "FINISHED"]
-        client.log_param(parent, "jobs", len(children))
-        client.log_metric(parent, "failed_jobs", len(failed))
-        print(summary(children), file=sys.stderr if failed else sys.stdout)
-        client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+            os.environ.pop(PARENT_ENV, None)
+            client = tracking.client(config.mlflow.tracking_uri)
+            parent = info["parent_run_id"]
+            client.log_param(parent, "jobs", len(jobs))
+            client.log_metric(parent, "failed_jobs", len(failed))
+            client.log_metric(parent, "skipped_jobs", len(skipped))
+            client.log_artifact(parent, str(sheet))
+            client.log_artifact(parent, str(overlay))
+            client.set_terminated(parent, "FAILED" if failed else "FINISHED")
         if failed:
-            print(f"dreamlab: error: {len(failed)} of {len(children)} jobs failed "
-                  f"(their runs are FAILED in MLflow with the error)", file=sys.stderr)
+            where = " (their runs are FAILED in MLflow with the error)" if info.get("parent_run_id") else ""
+            print(f"dreamlab: error: {len(failed)} of {len(jobs)} jobs failed{where}", file=sys.stderr)
             raise SystemExit(1)
 
 
-def summary(runs) -> str:
-    from . import tracking
+def job_values(record: dict, keys: list[str]) -> dict:
+    """The swept keys' values of one job, from its command-line overrides."""
+    pairs = dict(o.lstrip("+~").split("=", 1) for o in record["overrides"].split() if "=" in o)
+    return {k: pairs.get(k) for k in keys}
 
-    lines = [f"{'job':>4}  {'status':<8} {'seconds':>8}  run", ]
-    for r in sorted(runs, key=lambda r: int(r.data.tags.get(tracking.JOB_TAG, 0))):
-        secs = ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000
-        err = r.data.tags.get(tracking.ERROR_TAG, "")
-        lines.append(f"{r.data.tags.get(tracking.JOB_TAG, '?'):>4}  {r.info.status:<8} "
-                     f"{secs:8.1f}  {r.info.run_name}" + (f"  error: {err}" if err else ""))
+
+def _sweep_pictures(config: DictConfig, sweep_dir: Path, jobs: list[dict], keys: list[str]):
+    from . import images, plots
+
+    photo = None
+    image = OmegaConf.select(config, "image", default=None)
+    if image and "image" not in keys and os.path.isfile(str(image)):
+        photo = images.load(str(image), 256)
+    cells = [{"values": job_values(j, keys), "image": j.get("image"), "loss": j.get("loss"),
+              "seconds": j.get("seconds", 0.0), "status": j["status"]} for j in jobs]
+    sheet = plots.contact_sheet(cells, keys, sweep_dir / "contact_sheet.png", photo,
+                                title=f"{sweep_dir}  ({len(jobs)} jobs)")
+    curves = {" ".join(f"{k}={v}" for k, v in job_values(j, keys).items()) or f"job {j['job']}": j["losses"]
+              for j in jobs if j.get("losses")}
+    overlay = plots.loss_overlay(curves, sweep_dir / "loss_overlay.png", title="loss per step, every job")
+    return sheet, overlay
+
+
+JOB_FILE = "job.json"
+
+
+def write_job_record(job_dir: Path, record: dict) -> None:
+    """Each job leaves its outcome in its folder, so the sweep's summary needs neither MLflow
+    nor the launcher's cooperation."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / JOB_FILE).write_text(json.dumps(record))
+
+
+def read_job_records(sweep_dir: Path) -> list[dict]:
+    records = [json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{JOB_FILE}")]
+    return sorted(records, key=lambda r: int(r["job"]))
+
+
+def summary(jobs: list[dict], keys: list[str]) -> str:
+    """One line per job: its number, status, time, swept values (or overrides), run, error."""
+    lines = [f"{'job':>4}  {'status':<8} {'seconds':>8}  {'run':<32}  overrides"]
+    for j in jobs:
+        values = " ".join(f"{k}={v}" for k, v in job_values(j, keys).items()) if keys else j["overrides"]
+        lines.append(f"{j['job']:>4}  {j['status']:<8} {j['seconds']:8.1f}  {j.get('run_id') or '-':<32}  "
+                     f"{values}" + (f"  error: {j['error']}" if j.get("error") else ""))
     return "\n".join(lines)

@@ -15,6 +15,9 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+# No per-file download bars in job logs (resume and reproduce download artifacts).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "dreamlab.sweep"
 JOB_TAG = "dreamlab.job"
@@ -67,13 +70,26 @@ def environment() -> dict[str, str]:
 
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     return {
-        "dreamlab.version": __version__,
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "cpu": _cpu_model(),
-        "gpu": ",".join(gpus) or "none",
+        "env.dreamlab": __version__,
+        "env.git_commit": _git_commit(),
+        "env.python": platform.python_version(),
+        "env.tensorflow": tf.__version__,
+        "env.keras": keras.__version__,
+        "env.cpu": _cpu_model(),
+        "env.gpu": ",".join(gpus) or "none",
     }
+
+
+def _git_commit() -> str:
+    """dreamlab's own commit when it runs from a git checkout (as `make` installs it)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "none"
+    except (OSError, subprocess.SubprocessError):
+        return "none"
 
 
 def _cpu_model() -> str:
@@ -85,6 +101,35 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+FINGERPRINT_TAG = "dreamlab.fingerprint"
+# Keys that do not change the picture.
+_NOT_WORK = ("mlflow", "progress", "resume", "image", "guide")
+
+
+def fingerprint(resolved: Mapping[str, Any], recipe: str, image_sha: str, guide_sha: str,
+                weights: str) -> str:
+    """A hash of exactly the work a job does: the config that shapes the picture, the input
+    photo's and the guide's content, and the weights' identity."""
+    import hashlib
+    import json
+
+    work = {k: v for k, v in resolved.items() if k not in _NOT_WORK}
+    blob = json.dumps([work, recipe, image_sha, guide_sha, weights], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def finished_run(tracking_uri: str, experiment: str, fp: str):
+    """The newest FINISHED run that did this exact work, or None."""
+    mlflow_client = client(tracking_uri)
+    exp = mlflow_client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = mlflow_client.search_runs(
+        [exp.experiment_id], f"tags.`{FINGERPRINT_TAG}` = '{fp}' and attributes.status = 'FINISHED'",
+        max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
 
 
 class JobRun:

@@ -131,3 +131,14 @@ def test_user_errors_are_one_line_non_zero_no_traceback(tmp_path, args, words):
     assert len(lines) == 1, proc.stderr[-2000:]
     for word in words:
         assert word in lines[0]
+
+
+def test_sweep_summary_and_exit_code_do_not_need_mlflow(tmp_path, square_photo):
+    proc = run_cli(["-m", "layers=mixed3,mixd5", "octaves=1", "steps=1", "max_size=64",
+                    f"image={square_photo}", "backbone.weights=null", "progress=false",
+                    "mlflow.enabled=false", "hydra.sweep.dir=sweep"], cwd=tmp_path)
+    assert proc.returncode == 1
+    table = proc.stderr[proc.stderr.index("job  status"):]
+    assert "FINISHED" in table and "layers=mixd5" in table and "unknown layer 'mixd5'" in table
+    assert "dreamlab: error: 1 of 2 jobs failed" in proc.stderr
+    assert (tmp_path / "sweep" / "0" / "dream.png").is_file()

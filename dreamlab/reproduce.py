@@ -1,0 +1,134 @@
+"""Dream a logged run again, from its run id alone, and say whether the picture is the same.
+
+    python -m dreamlab.reproduce RUN_ID [--tracking-uri URI]
+
+The run's exact resolved config (`config.yaml`) and its logged input photo (checked against
+its SHA-256, so the original file may have moved or gone) are downloaded; the dream runs as
+a new MLflow run tagged `reproduces=RUN_ID` in the same experiment, into
+outputs/reproduce/RUN_ID/; then dream.png is compared with the original's, byte for byte,
+else by PSNR and largest pixel difference, and the recorded environments are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DreamlabError
+
+DEFAULT_URI = "sqlite:///outputs/mlflow.db"
+
+
+def _download_checked(client, run, folder: str, sha_tag: str, into: Path) -> str | None:
+    """The run's logged file in `folder` (input/ or guide/), verified by its SHA-256 tag."""
+    from . import images
+
+    files = [a.path for a in client.list_artifacts(run.info.run_id, folder)]
+    if not files:
+        return None
+    path = client.download_artifacts(run.info.run_id, files[0], str(into))
+    expected = run.data.tags.get(sha_tag)
+    if expected and images.sha256(path) != expected:
+        raise DreamlabError(f"the logged {folder} file of run {run.info.run_id} does not match its "
+                            f"SHA-256 tag {expected}: the artifact store was altered")
+    return path
+
+
+def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/reproduce")) -> dict:
+    import yaml
+    from mlflow.exceptions import MlflowException
+    from omegaconf import OmegaConf
+
+    from . import app, config, tracking
+
+    client = tracking.client(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise DreamlabError(f"no run {run_id} in {tracking_uri}: give a run id from the MLflow UI "
+                            f"and --tracking-uri (or MLFLOW_TRACKING_URI) of its store") from None
+    job_dir = out_root / run_id
+    fetched = job_dir / "original"
+    fetched.mkdir(parents=True, exist_ok=True)
+    resolved = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", str(fetched))).read_text())
+    image = _download_checked(client, run, "input", "dreamlab.input_sha256", fetched)
+    if resolved.get("image") is not None:
+        if image is None:
+            raise DreamlabError(f"run {run_id} has no logged input photo to dream from")
+        resolved["image"] = image
+    if resolved.get("guide") is not None:
+        resolved["guide"] = _download_checked(client, run, "guide", "dreamlab.guide_sha256", fetched)
+    resolved["mlflow"]["tracking_uri"] = tracking_uri
+    cfg = OmegaConf.merge(OmegaConf.structured(config.Config), resolved)
+    conf = OmegaConf.to_object(cfg)
+    experiment = client.get_experiment(run.info.experiment_id).name
+    params = tracking.flatten(resolved)
+    params["recipe"] = run.data.params.get("recipe", "None")
+    tags = {"reproduces": run_id, tracking.JOB_TAG: "0", **tracking.environment()}
+    tracker = tracking.JobRun(tracking_uri, experiment, f"reproduce {run.info.run_name}", params, tags)
+    try:
+        app.dream_job(conf, resolved, job_dir, tracker)
+    except BaseException as exc:
+        tracker.end(error=(str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        raise
+    original = Path(client.download_artifacts(run_id, "dream.png", str(fetched)))
+    report = compare(original, job_dir / "dream.png")
+    report["run_id"] = tracker.run_id
+    report["environment"] = {k: (run.data.tags.get(k, "?"), v) for k, v in tags.items()
+                             if k.startswith("env.") and run.data.tags.get(k, "?") != v}
+    client.set_tag(tracker.run_id, "dreamlab.identical", str(report["identical"]).lower())
+    if not report["identical"]:
+        client.log_metric(tracker.run_id, "psnr_vs_original", min(report["psnr"], 1e9))
+    return report
+
+
+def compare(a: Path, b: Path) -> dict:
+    from PIL import Image
+
+    if a.read_bytes() == b.read_bytes():
+        return {"identical": True, "psnr": math.inf, "max_diff": 0}
+    with Image.open(a) as x, Image.open(b) as y:
+        x, y = np.asarray(x.convert("RGB"), float), np.asarray(y.convert("RGB"), float)
+    if x.shape != y.shape:
+        return {"identical": False, "psnr": 0.0, "max_diff": 255, "shapes": (x.shape, y.shape)}
+    mse = float(np.mean((x - y) ** 2))
+    return {"identical": False, "psnr": math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse),
+            "max_diff": int(np.abs(x - y).max())}
+
+
+def describe(run_id: str, report: dict) -> str:
+    head = f"reproduced run {run_id} as run {report['run_id']}: "
+    if report["identical"]:
+        head += "dream.png is byte-identical to the original"
+    else:
+        head += (f"dream.png differs: PSNR {report['psnr']:.1f} dB, largest pixel difference "
+                 f"{report['max_diff']}")
+    env = report["environment"]
+    if env:
+        head += "; environment differs: " + ", ".join(f"{k[4:]} {old} -> {new}" for k, (old, new) in env.items())
+    elif not report["identical"]:
+        head += "; the recorded environment is the same (dreamlab, Python, TensorFlow, Keras, CPU, GPU)"
+    return head
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dreamlab.reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_id")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    args = parser.parse_args(argv)
+    try:
+        report = reproduce(args.run_id, args.tracking_uri)
+    except DreamlabError as exc:
+        print(f"dreamlab: error: {exc}", file=sys.stderr)
+        return 1
+    print(describe(args.run_id, report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""After a sweep: a contact sheet and loss curves; a re-run resumes; any run reproduces from
+its id alone; compare tables any selection. Real CLI, real MLflow store."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import SHARED_WEIGHTS, error_lines, run_cli, store_uri
+
+pytestmark = pytest.mark.xdist_group("history")
+PARENT = "mlflow.parentRunId"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, square_photo):
+    """A 2x2 sweep of the real MobileNetV2 on a copy of the photo (deleted afterwards)."""
+    work = tmp_path_factory.mktemp("history")
+    photo = work / "photo.png"
+    shutil.copy(square_photo, photo)
+    uri = store_uri(work)
+    args = ["-m", "layers=block_9_add,block_12_add", "octaves=1,2", "backbone=mobilenet_v2",
+            f"backbone.weights={SHARED_WEIGHTS}", f"image={photo}", "max_size=96", "steps=3",
+            "progress=false", f"mlflow.tracking_uri={uri}"]
+    first = run_cli(args + ["hydra.sweep.dir=first"], cwd=work)
+    again = run_cli(args + ["hydra.sweep.dir=again"], cwd=work)
+    return {"work": work, "uri": uri, "args": args, "first": first, "again": again, "photo": photo}
+
+
+def parent_and_children(uri, sweep_dir):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("dreamlab").experiment_id
+    parent = client.search_runs([exp], f"tags.`dreamlab.sweep` = '{sweep_dir.resolve()}' and tags.`dreamlab.role` = 'sweep'")[0]
+    children = client.search_runs([exp], f"tags.`{PARENT}` = '{parent.info.run_id}'")
+    return client, parent, children
+
+
+def test_contact_sheet_and_loss_curves_land_in_the_sweep_dir_and_on_the_parent_run(sweep):
+    assert sweep["first"].returncode == 0, sweep["first"].stderr[-2000:]
+    sheet_path = sweep["work"] / "first" / "contact_sheet.png"
+    with Image.open(sheet_path) as sheet:
+        # input photo + 2 columns (octaves) x 2 rows (layers) of 224 px cells with labels
+        assert sheet.size == (3 * 224, 28 + 2 * (224 + 46))
+    client, parent, children = parent_and_children(sweep["uri"], sweep["work"] / "first")
+    assert {"contact_sheet.png", "loss_overlay.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert len(children) == 4
+    for run in children:
+        assert "loss.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    record = json.loads((sweep["work"] / "first" / "0" / "job.json").read_text())
+    assert record["status"] == "FINISHED" and len(record["losses"]) == 3
+
+
+def test_running_the_same_sweep_again_skips_the_finished_jobs(sweep):
+    again = sweep["again"]
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed: 4 of 4 jobs skipped" in again.stdout
+    client, parent, children = parent_and_children(sweep["uri"], sweep["work"] / "again")
+    assert children == [] and parent.data.params["jobs"] == "4"
+    assert all((sweep["work"] / "again" / str(n) / "dream.png").is_file() for n in range(4))
+    assert (sweep["work"] / "again" / "0" / "dream.png").read_bytes() == (sweep["work"] / "first" / "0" / "dream.png").read_bytes()
+
+
+def test_resume_false_and_failed_jobs_run_again(sweep):
+    broken = sweep["work"] / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    args = [a for a in sweep["args"] if not a.startswith(("layers=", "octaves=", "image="))]
+    args += ["layers=block_9_add", "octaves=1", f"image={sweep['photo']},{broken}"]
+    proc = run_cli(args + ["hydra.sweep.dir=mixed"], cwd=sweep["work"])
+    assert proc.returncode == 1
+    assert any("cannot read image" in line for line in error_lines(proc.stderr))
+    assert "SKIPPED" in proc.stderr and "FAILED" in proc.stderr  # the good job was done before
+    forced = run_cli(args[:1] + [a for a in args[1:] if not a.startswith("image=")] +
+                     [f"image={sweep['photo']}", "resume=false", "hydra.sweep.dir=forced"], cwd=sweep["work"])
+    assert forced.returncode == 0 and "resumed" not in forced.stdout
+    client, _, children = parent_and_children(sweep["uri"], sweep["work"] / "forced")
+    assert [r.info.status for r in children] == ["FINISHED"]
+
+
+def test_reproduce_from_the_run_id_alone_after_the_photo_is_gone(sweep):
+    client, _, children = parent_and_children(sweep["uri"], sweep["work"] / "first")
+    original = children[0]
+    moved = sweep["photo"].with_suffix(".moved")
+    sweep["photo"].rename(moved)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dreamlab.reproduce", original.info.run_id,
+                               "--tracking-uri", sweep["uri"]], cwd=sweep["work"], capture_output=True, text=True)
+    finally:
+        moved.rename(sweep["photo"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"reproduced run {original.info.run_id}" in proc.stdout
+    assert "byte-identical" in proc.stdout
+    copy = client.search_runs([original.info.experiment_id], f"tags.reproduces = '{original.info.run_id}'")
+    assert len(copy) == 1 and copy[0].data.tags["dreamlab.identical"] == "true"
+
+
+def test_compare_tables_and_lays_out_a_sweep(sweep):
+    _, parent, _ = parent_and_children(sweep["uri"], sweep["work"] / "first")
+    out = sweep["work"] / "compare"
+    proc = subprocess.run([sys.executable, "-m", "dreamlab.compare", "--sweep", parent.info.run_id,
+                           "--tracking-uri", sweep["uri"], "--out", str(out)],
+                          cwd=sweep["work"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert {"layers", "octaves", "final_loss", "steps", "seconds", "image"} <= set(rows[0])
+    assert {(r["layers"], r["octaves"]) for r in rows} == {
+        (l, o) for l in ("block_9_add", "block_12_add") for o in ("1", "2")}
+    assert sorted(int(r["steps"]) for r in rows) == [3, 3, 6, 6]
+    assert "| layers" in (out / "runs.md").read_text()
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.size == (2 * 224, 28 + 2 * (224 + 46))

@@ -18,7 +18,9 @@ def runs(uri: str, where: str = ""):
     return client, client.search_runs([exp.experiment_id], where, max_results=100)
 
 
-@pytest.fixture(scope="module")
+# Session scope: xdist may interleave other modules on this worker, which would tear a
+# module fixture down and build it again.
+@pytest.fixture(scope="session")
 def literal_sweep(tmp_path_factory, square_photo):
     """The mission's 2x2 grid, literally, plus size, steps, weights and store overrides.
     168 px is the smallest square whose 5th octave (168/1.4^4 = 43 px) InceptionV3's mixed3

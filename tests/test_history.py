@@ -18,7 +18,9 @@ pytestmark = pytest.mark.xdist_group("history")
 PARENT = "mlflow.parentRunId"
 
 
-@pytest.fixture(scope="module")
+# Session scope: xdist may interleave other modules on this worker, which would tear a
+# module fixture down and build it again.
+@pytest.fixture(scope="session")
 def sweep(tmp_path_factory, square_photo):
     """A 2x2 sweep of the real MobileNetV2 on a copy of the photo (deleted afterwards)."""
     work = tmp_path_factory.mktemp("history")

@@ -23,6 +23,8 @@ dream: $(VENV)/.installed
 	$(PY) -m dreamlab $(ARGS)
 
 test: $(VENV)/.installed-test
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+		|| echo "note: Debian's chromium could not be installed; the MLflow UI test will say it is skipped"
 	$(PY) -m pytest $(ARGS)
 
 ui: $(VENV)/.installed

@@ -118,3 +118,55 @@ def test_compare_tables_and_lays_out_a_sweep(sweep):
     assert "| layers" in (out / "runs.md").read_text()
     with Image.open(out / "contact_sheet.png") as sheet:
         assert sheet.size == (2 * 224, 28 + 2 * (224 + 46))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_real_mlflow_ui_shows_the_sweeps_runs_and_their_pictures(sweep, tmp_path):
+    """The MLflow UI on localhost, driven by Playwright in Debian's headless Chromium: the
+    sweep's parent unfolds into its jobs, and the chart view loads their octave pictures."""
+    import os
+    import time
+    import urllib.request
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip("Debian's chromium is not installed (make test installs it with apt-get "
+                    "when it can: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test extra: pip install -e '.[test]'")
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri",
+                               sweep["uri"], "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(90):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except OSError:
+                time.sleep(1)
+        client, parent, children = parent_and_children(sweep["uri"], sweep["work"] / "first")
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1600, "height": 1100})
+            page.goto(f"http://127.0.0.1:{port}/#/experiments/{parent.info.experiment_id}/runs?compareRunsMode=CHART")
+            page.get_by_text(parent.info.run_name, exact=True).first.wait_for(timeout=90_000)
+            page.locator('[role="row"]', has_text=parent.info.run_name).first.locator("button").first.click()
+            for run in children:
+                page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=30_000)
+            page.wait_for_function(
+                "() => [...document.images].filter(i => i.src.includes('images%2Foctave') && i.complete"
+                " && i.naturalWidth > 0).length >= 4", timeout=60_000)
+            page.screenshot(path=str(tmp_path / "mlflow_ui.png"))
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -111,7 +111,9 @@ def run_job(cfg: DictConfig) -> float:
                 return record["loss"]
         if cfg.mlflow.enabled:
             tracker = _start_run(cfg, resolved, hc, fp)
-        conf: config.Config = OmegaConf.to_object(cfg)  # validates every value
+        # Merged into the schema so that a job's own record (.hydra/config.yaml, composed
+        # without the schema) is typed and validated the same way; every value is checked.
+        conf: config.Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config.Config), cfg))
         result = dream_job(conf, resolved, job_dir, tracker)
         record.update(status="FINISHED", loss=result.losses[-1], losses=result.losses)
         return result.losses[-1]

@@ -170,3 +170,11 @@ def test_the_real_mlflow_ui_shows_the_sweeps_runs_and_their_pictures(sweep, tmp_
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_hydra_way_reproduces_a_job_from_its_own_record(sweep):
+    job = sweep["work"] / "first" / "1"
+    proc = run_cli(["--config-path", str(job / ".hydra"), "--config-name", "config",
+                    "mlflow.enabled=false", "hydra.run.dir=hydra_way"], cwd=sweep["work"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (sweep["work"] / "hydra_way" / "dream.png").read_bytes() == (job / "dream.png").read_bytes()

@@ -43,14 +43,19 @@ def _shape_at(model, name: str, side: int = 224) -> str:
 
 def main(argv: list[str]) -> int:
     opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown = set(opts) - {"backbone", "backbone.weights", "grep"}
+    unknown = set(opts) - {"backbone", "backbone.weights", "backbone.path", "backbone.preprocess", "grep"}
     try:
         if unknown or len(opts) != len(argv):
             raise DreamlabError(f"unknown arguments {sorted(unknown) or argv}: use "
-                                f"backbone=NAME [backbone.weights=imagenet|null|PATH] [grep=TEXT]")
+                                f"backbone=NAME [backbone.weights=imagenet|null|PATH] [grep=TEXT] "
+                                f"(backbone=custom backbone.path=model.keras for your own model)")
+        from . import backbones
+
         weights = opts.get("backbone.weights", "null")
-        print(table(opts.get("backbone", "inception_v3"), None if weights == "null" else weights,
-                    opts.get("grep", "")))
+        name = opts.get("backbone", "inception_v3")
+        if name == backbones.CUSTOM:
+            name = backbones.custom(opts.get("backbone.path", ""), opts.get("backbone.preprocess", "tf"))
+        print(table(name, None if weights == "null" else weights, opts.get("grep", "")))
     except DreamlabError as exc:
         print(f"dreamlab: error: {exc}", file=sys.stderr)
         return 1

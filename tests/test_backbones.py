@@ -62,3 +62,18 @@ def test_a_custom_model_with_code_in_it_is_refused_by_safe_mode(tmp_path, small_
     name = backbones.custom(str(tmp_path / "lambda.keras"), "tf")
     with pytest.raises(dreamlab.DreamlabError, match="safe_mode"):
         dreamlab.dream(small_array, backbone=name, weights=None, layers="conv", octaves=1, steps=1)
+
+
+def test_layer_listing_shows_shapes_and_marks_presets():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "dreamlab.layers", "backbone=mobilenet_v2", "grep=_add"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert "14x14x64" in rows["block_9_add"] and "default" in rows["block_9_add"]
+    assert "fur" in rows["block_14_add"] and "default" not in rows["block_14_add"]
+    bad = subprocess.run([sys.executable, "-m", "dreamlab.layers", "backbone=mobilenetv2"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "did you mean mobilenet_v2" in bad.stderr

@@ -294,13 +294,14 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
         reach = max(s.jitter, s.tile_size) if tiled else s.jitter
         tile = tf.constant(s.tile_size if tiled else 0, tf.int32)
         octave_losses = []
+        if bar is not None:
+            bar.set_description(f"octave {k + 1}/{len(sizes)}", refresh=False)
         for _ in range(s.steps):
             roll = rng.integers(-reach, reach + 1, size=2) if reach else (0, 0)
             x, loss = step.step(x, tf.constant(roll, tf.int32), step_size, tile)
             loss = float(loss)
             octave_losses.append(loss)
             if bar is not None:
-                bar.set_description(f"octave {k + 1}/{len(sizes)}", refresh=False)
                 bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
                 bar.update()
             if s.max_loss is not None and loss > s.max_loss:

@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import backbones, config, images
-from .errors import DreamlabError
+from .errors import DreamlabError, first_line
 
 log = logging.getLogger("dreamlab")
 # conf/ sits beside the package in the source tree (installed editable); an absolute path
@@ -118,7 +118,7 @@ def run_job(cfg: DictConfig) -> float:
         record.update(status="FINISHED", loss=result.losses[-1], losses=result.losses)
         return result.losses[-1]
     except BaseException as exc:
-        record["error"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        record["error"] = first_line(exc)
         if tracker is not None:
             tracker.end(error=record["error"])
         raise

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import DreamlabError
+from .errors import DreamlabError, first_line
 
 # The preprocessing families of keras.applications, as (scale, offset) of RGB 0..255 pixels
 # per channel plus a channel flip: input = (rgb255[..., order] - mean) / std.
@@ -166,7 +166,7 @@ def _load_custom(path: str, weights: Optional[str]):
         # safe_mode refuses Lambda layers and other code stored in the file.
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise DreamlabError(f"cannot load the custom model {path} with safe_mode: {first[:300]} "
                             f"(save it with model.save('model.keras'), without Lambda layers)") from None
     shape = tuple(model.inputs[0].shape)
@@ -186,7 +186,7 @@ def load_weights(model, path: str, what: str) -> None:
     try:
         model.load_weights(path)
     except Exception as exc:  # Keras raises ValueError/OSError/KeyError for a wrong file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise DreamlabError(
             f"cannot load weights {path} into {what}: {first[:300]}; the file must hold "
             f"weights of this exact architecture without its top (include_top=False)") from None
@@ -216,7 +216,7 @@ def _download_errors(name: str):
 
         fname, subdir = requested[-1]
         where = os.path.join(config.keras_home(), subdir)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise DreamlabError(
             f"could not download the ImageNet weights of backbone={name} ({reason[:200]}): "
             f"put the file {fname} in {where}/ (KERAS_HOME sets the folder), or pass "
@@ -248,16 +248,9 @@ def min_size(extractor, limit: int = 1024) -> int:
 def weights_identity(name: str, weights: Optional[str]) -> str:
     """What the weights are, for telling whether two jobs did the same work: a file by its
     SHA-256 (a custom model by its file's), Keras' ImageNet weights by the Keras version."""
-    import hashlib
-
     import keras
 
-    def digest(path: str) -> str:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+    from .images import sha256 as digest
 
     parts = []
     if name.startswith(CUSTOM + ":") and os.path.isfile(name.split(":", 1)[1]):

@@ -19,9 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import DreamlabError
+from .errors import DreamlabError, first_line
 
-DEFAULT_URI = "sqlite:///outputs/mlflow.db"
 # Params that differ between runs without changing what was dreamt.
 _IGNORED = ("mlflow.", "progress", "resume")
 
@@ -37,7 +36,7 @@ def select_runs(client, experiment: str, sweep: str | None, where: str | None):
         runs = client.search_runs([exp.experiment_id], " and ".join(clauses), max_results=5000,
                                   order_by=["attributes.start_time ASC"])
     except Exception as exc:
-        raise DreamlabError(f"MLflow rejected the selection: {str(exc).splitlines()[0]} "
+        raise DreamlabError(f"MLflow rejected the selection: {first_line(exc)} "
                             f"(filter syntax: \"params.layers = 'mixed3' and metrics.loss > 1\")") from None
     return [r for r in runs if r.data.tags.get("dreamlab.role") != "sweep"]
 
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default="dreamlab")
     parser.add_argument("--sweep", help="the sweep's parent run id")
     parser.add_argument("--filter", help="an MLflow search filter string")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", tracking.DEFAULT_URI))
     parser.add_argument("--out", type=Path, default=Path("outputs/compare") / time.strftime("%Y-%m-%d_%H-%M-%S"))
     args = parser.parse_args(argv)
     try:

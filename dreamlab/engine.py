@@ -321,8 +321,10 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
             on_octave(k, picture, octave_losses)
     if bar is not None:
         bar.close()
-    x = resize(x, base_shape)
-    result.image = _finish(x, base_t, s.preserve_colors)
+    if tuple(sizes[-1]) == tuple(base_shape):
+        result.image = result.octave_images[-1]  # already converted after the last octave
+    else:
+        result.image = _finish(resize(x, base_shape), base_t, s.preserve_colors)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DreamlabError
-
-DEFAULT_URI = "sqlite:///outputs/mlflow.db"
+from .errors import DreamlabError, first_line
 
 
 def _download_checked(client, run, folder: str, sha_tag: str, into: Path) -> str | None:
@@ -74,7 +72,7 @@ def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/rep
     try:
         app.dream_job(conf, resolved, job_dir, tracker)
     except BaseException as exc:
-        tracker.end(error=(str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        tracker.end(error=first_line(exc))
         raise
     original = Path(client.download_artifacts(run_id, "dream.png", str(fetched)))
     report = compare(original, job_dir / "dream.png")
@@ -117,9 +115,11 @@ def describe(run_id: str, report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import tracking
+
     parser = argparse.ArgumentParser(prog="python -m dreamlab.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_id")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", tracking.DEFAULT_URI))
     args = parser.parse_args(argv)
     try:
         report = reproduce(args.run_id, args.tracking_uri)

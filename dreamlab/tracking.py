@@ -18,6 +18,8 @@ import numpy as np
 # No per-file download bars in job logs (resume and reproduce download artifacts).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+# The store when MLFLOW_TRACKING_URI is not set (the schema's default says the same).
+DEFAULT_URI = "sqlite:///outputs/mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "dreamlab.sweep"
 JOB_TAG = "dreamlab.job"

@@ -1,9 +1,11 @@
 """Time and peak memory as the picture grows, tiling on (the default tile_size=512).
 
-    .venv/bin/python benchmarks/scaling.py [SIZE ...]        (default 1024 2048 4096)
+    .venv/bin/python benchmarks/scaling.py [SIZE ...]        (default 512 1024 2048 4096)
 
 Each size runs in a fresh process, so its peak RSS is its own: InceptionV3 (mixed3+mixed5,
-random weights), one octave, 2 steps. Writes outputs/bench/scaling.{csv,json}.
+random weights), one octave, the default tile (512), 2 steps timed after one that builds
+and traces. Writes outputs/bench/scaling.{csv,json}; `make bench` runs it as its scaling
+section.
 """
 
 import json
@@ -15,21 +17,21 @@ CHILD = r"""
 import resource, sys, time
 import numpy as np
 import dreamlab
-size = int(sys.argv[1])
+size, steps = int(sys.argv[1]), int(sys.argv[2])
 photo = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
 args = dict(backbone="inception_v3", weights=None, layers="default", octaves=1, jitter=32)
 dreamlab.dream(photo[:600, :600], steps=1, **args)  # build and trace outside the timing
 start = time.perf_counter()
-result = dreamlab.dream(photo, steps=2, **args)
-seconds = (time.perf_counter() - start) / 2
+result = dreamlab.dream(photo, steps=steps, **args)
+seconds = (time.perf_counter() - start) / steps
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(f"RESULT {size} {seconds:.3f} {rss:.0f}")
 """
 
 
-def measure(size: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(size)], capture_output=True, text=True,
-                         check=True).stdout
+def measure(size: int, steps: int = 2) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(size), str(steps)], capture_output=True,
+                         text=True, check=True).stdout
     _, side, seconds, rss = next(l for l in out.splitlines() if l.startswith("RESULT")).split()
     seconds = float(seconds)
     return {"size_px": int(side), "s_per_step": seconds, "peak_rss_mb": float(rss),
@@ -54,4 +56,4 @@ def main(sizes: list[int]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [1024, 2048, 4096])
+    main([int(a) for a in sys.argv[1:]] or [512, 1024, 2048, 4096])

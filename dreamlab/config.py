@@ -73,7 +73,9 @@ class Config(DreamSettings):
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="dreamlab_schema", node=Config)
+    # Plain dicts, typed by the schema's `backbone` field when merged: Hydra deep-copies the
+    # whole store for every config group it lists or composes, and 40 structured nodes made
+    # `--help` take 2 s and every job of a sweep 0.3 s longer.
     for name in backbones.BACKBONES:
-        cs.store(group="backbone", name=name, node=BackboneConfig(name=name))
-    cs.store(group="backbone", name=backbones.CUSTOM,
-             node=BackboneConfig(name=backbones.CUSTOM, weights=None))
+        cs.store(group="backbone", name=name, node={"name": name})
+    cs.store(group="backbone", name=backbones.CUSTOM, node={"name": backbones.CUSTOM, "weights": None})

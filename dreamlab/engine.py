@@ -14,6 +14,7 @@ and every picture of the process; the octave loop is plain Python around it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -56,6 +57,7 @@ class DreamStep:
     `step(x, roll, step_size, tile)`: x is the image in [-1, 1] (H, W, 3); it is rolled by
     `roll` pixels, the objective's gradient is computed over tiles of at most `tile` pixels
     (0: the whole image at once), rolled back, normalised and added; returns (x, loss).
+    Nothing in it returns to Python: the loop reads one loss per step, which it logs.
     """
 
     def __init__(self, model, backbone: str, objective: Objective, grad_norm: str, clip: bool,
@@ -66,8 +68,6 @@ class DreamStep:
         self.objective = objective
         outputs = [model.get_layer(name).output for name in objective.layers]
         self.extractor = keras.Model(model.inputs, outputs)
-        # What these layers need, which is often far less than the constructor's minimum.
-        self.min_size = backbones.min_size(self.extractor)
         self.grad_norm, self.clip = grad_norm, clip
         pre = backbones.PREPROCESS[backbones.spec(backbone).preprocess]
         self._identity_input = backbones.spec(backbone).preprocess == "tf"
@@ -79,16 +79,38 @@ class DreamStep:
         self.guides = None if guide is None else [
             tf.reshape(g, [-1, g.shape[-1]]) for g in (
                 self._select(term, a) for term, a in zip(objective.terms, self._features(tf.constant(guide))))]
-        self.step = tf.function(self._step, input_signature=[
-            tf.TensorSpec([None, None, 3], tf.float32),
-            tf.TensorSpec([2], tf.int32),
-            tf.TensorSpec([], tf.float32),
-            tf.TensorSpec([], tf.int32),
-        ])
+        image, roll, scalar = (tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([2], tf.int32),
+                               tf.TensorSpec([], tf.float32))
+        # Two graphs, each traced once for every size: the whole picture in one pass, and the
+        # tile loop. The in-graph loop may overlap tiles (a Python loop over compiled tiles
+        # measured 2.0 s per 1024 px step against its 1.4-1.6 s), but a single tile inside it
+        # costs ~20% more than the plain pass (the while-loop frame keeps grappler from fusing
+        # and oneDNN from taking the max-pool gradients), so a picture that fits in one tile
+        # never enters it.
+        self._whole = tf.function(lambda x, roll, step_size: self._step(x, roll, step_size, None),
+                                  input_signature=[image, roll, scalar])
+        self._tiled = tf.function(self._step, input_signature=[
+            image, roll, scalar, tf.TensorSpec([], tf.int32)])
+
+    def step(self, x, roll, step_size, tile: int = 0):
+        """One step; `tile` (a Python int) > 0 computes the gradient tile by tile."""
+        if tile > 0:
+            return self._tiled(x, roll, step_size, _tf().constant(tile, _tf().int32))
+        return self._whole(x, roll, step_size)
+
+    def fits(self, side: int) -> bool:
+        """Whether these layers take a picture whose shorter side is `side` px."""
+        return backbones.fits(self.extractor, side)
+
+    @functools.cached_property
+    def min_size(self) -> int:
+        """What these layers need, often far less than the constructor's minimum. Searched
+        only to word an error: a job checks its smallest octave with one `fits`."""
+        return backbones.min_size(self.extractor)
 
     @property
     def traces(self) -> int:
-        return self.step.experimental_get_tracing_count()
+        return sum(f.experimental_get_tracing_count() for f in (self._whole, self._tiled))
 
     def _to_input(self, x):
         """[-1, 1] RGB to what the backbone was trained on (exactly x for the `tf` family)."""
@@ -131,13 +153,20 @@ class DreamStep:
             total += term.weight * s
         return total
 
-    def _gradient(self, x, tile):
+    def _gradient(self, x):
+        """The objective of x and its gradient with respect to x."""
+        tf = _tf()
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            score = self.score(x)
+        return score, tape.gradient(score, x)
+
+    def _tiled_gradient(self, x, tile):
         """Loss and gradient over the whole image, tile by tile: each tile's gradient is taken
         with respect to the tile alone and the tiles are stitched back, so no full-size
         gradient exists per tile and memory is bounded by the tile (plus the image itself)."""
         tf = _tf()
         h, w = tf.shape(x)[0], tf.shape(x)[1]
-        tile = tf.where(tile > 0, tile, tf.maximum(h, w))
         # Even tiles: n tiles per side of about h/n >= tile/2 pixels, never a sliver that the
         # network cannot take.
         ny, nx = (h + tile - 1) // tile, (w + tile - 1) // tile
@@ -150,11 +179,8 @@ class DreamStep:
             row = tf.TensorArray(tf.float32, size=nx, infer_shape=False)
             for j in tf.range(nx):
                 x0, x1 = j * w // nx, (j + 1) * w // nx
-                piece = x[y0:y1, x0:x1]
-                with tf.GradientTape() as tape:
-                    tape.watch(piece)
-                    score = self.score(piece)
-                row = row.write(j, tf.transpose(tape.gradient(score, piece), [1, 0, 2]))
+                score, g = self._gradient(x[y0:y1, x0:x1])
+                row = row.write(j, tf.transpose(g, [1, 0, 2]))
                 loss += score
             rows = rows.write(i, tf.transpose(row.concat(), [1, 0, 2]))
         return loss, tf.reshape(rows.concat(), tf.shape(x))
@@ -162,8 +188,11 @@ class DreamStep:
     def _step(self, x, roll, step_size, tile):
         tf = _tf()
         rolled = tf.roll(x, roll, axis=[0, 1])
-        loss, g = self._gradient(rolled, tile)
-        g = tf.roll(g, -roll, axis=[0, 1])
+        loss, g = self._gradient(rolled) if tile is None else self._tiled_gradient(rolled, tile)
+        return self._apply(x, tf.roll(g, -roll, axis=[0, 1]), step_size), loss
+
+    def _apply(self, x, g, step_size):
+        tf = _tf()
         # Each update is written in its reference's order of operations: gradient ascent
         # amplifies rounding, and a reordered product drifts to ~29 dB from the reference.
         if self.grad_norm == "std":  # the tutorial: g /= std + 1e-8; x += g * step_size
@@ -174,19 +203,21 @@ class DreamStep:
             x = x + g / (tf.sqrt(tf.reduce_mean(tf.square(g))) + 1e-8) * step_size
         if self.clip:
             x = tf.clip_by_value(x, -1.0, 1.0)
-        return x, loss
+        return x
 
 
 _STEPS: dict[tuple, DreamStep] = {}
 
 
 def compiled_step(backbone: str, weights: Optional[str], objective: Objective,
-                  grad_norm: str, clip: bool, guide: Optional[np.ndarray] = None) -> DreamStep:
-    """The process-wide step for this (backbone, objective, normalisation, guide): built once."""
+                  grad_norm: str, clip: bool, guide: Optional[np.ndarray] = None,
+                  precision: str = "float32") -> DreamStep:
+    """The process-wide step for this (backbone, objective, normalisation, guide, precision):
+    built once, reused by every later picture and job of the process."""
     guide_id = None if guide is None else hashlib.sha256(guide.tobytes()).hexdigest()
-    key = (backbone, weights, objective, grad_norm, clip, guide_id)
+    key = (backbone, weights, objective, grad_norm, clip, guide_id, precision)
     if key not in _STEPS:
-        model = backbones.load(backbone, weights)
+        model = backbones.load(backbone, weights, precision)
         backbones.check_layers(model, backbone, objective.layers)
         _check_channels(model, objective)
         _STEPS[key] = DreamStep(model, backbone, objective, grad_norm, clip, guide)
@@ -209,18 +240,17 @@ def octave_sizes(height: int, width: int, s: DreamSettings) -> list[tuple[int, i
             for n in range(lowest, s.octaves_above + 1)]
 
 
-def check_sizes(sizes, need: int, backbone: str, objective: Objective, s: DreamSettings) -> None:
+def check_sizes(sizes, step: DreamStep, backbone: str, objective: Objective, s: DreamSettings) -> None:
     """Fail before any compute when an octave (or a tile) is too small for the layers."""
-    smallest = min(min(hw) for hw in sizes)
-    if smallest < need:
+    if not step.fits(min(min(hw) for hw in sizes)):
         raise DreamlabError(
             f"the smallest octave is {sizes[0][1]}x{sizes[0][0]} px but backbone={backbone} with "
-            f"layers {','.join(objective.layers)} needs at least {need} px: use fewer octaves "
-            f"(octaves={s.octaves}), a larger max_size or a smaller octave_scale "
+            f"layers {','.join(objective.layers)} needs at least {step.min_size} px: use fewer "
+            f"octaves (octaves={s.octaves}), a larger max_size or a smaller octave_scale "
             f"(octave_scale={s.octave_scale})")
-    if 0 < s.tile_size and s.tile_size // 2 < need and max(sizes[-1]) > s.tile_size:
-        raise DreamlabError(f"tile_size={s.tile_size} makes tiles smaller than the {need} px "
-                            f"these layers need: use tile_size>={2 * need} or tile_size=0")
+    if 0 < s.tile_size and max(sizes[-1]) > s.tile_size and not step.fits(s.tile_size // 2):
+        raise DreamlabError(f"tile_size={s.tile_size} makes tiles smaller than the {step.min_size} px "
+                            f"these layers need: use tile_size>={2 * step.min_size} or tile_size=0")
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:
@@ -259,9 +289,9 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
                             f"example layers=NAME (python -m dreamlab.layers lists them)")
     objective = Objective(parse_layers(layers, table), s.objective, s.objective_border)
     step = compiled_step(backbone, weights, objective, s.grad_norm, s.clip,
-                         None if guide is None else to_unit(guide))
+                         None if guide is None else to_unit(guide), s.precision)
     sizes = octave_sizes(base.shape[0], base.shape[1], s)
-    check_sizes(sizes, step.min_size, backbone, objective, s)
+    check_sizes(sizes, step, backbone, objective, s)
 
     started = time.perf_counter()
     rng = np.random.default_rng(s.seed)
@@ -292,7 +322,7 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
         tiled = s.tile_size > 0 and max(hw) > s.tile_size
         # With tiles, a roll of up to a whole tile moves the seams at every step.
         reach = max(s.jitter, s.tile_size) if tiled else s.jitter
-        tile = tf.constant(s.tile_size if tiled else 0, tf.int32)
+        tile = s.tile_size if tiled else 0
         octave_losses = []
         if bar is not None:
             bar.set_description(f"octave {k + 1}/{len(sizes)}", refresh=False)

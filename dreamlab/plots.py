@@ -38,22 +38,19 @@ def loss_overlay(curves: dict[str, Sequence[float]], path: Path, title: str = ""
 
 
 def _figure():
-    import matplotlib
+    # A bare Figure, not pyplot: no global figure manager to import or close, ~0.3 s less
+    # per job, and safe to draw from any thread.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    return fig, fig.add_subplot()
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

@@ -17,6 +17,7 @@ from .errors import DreamlabError
 OBJECTIVES = ("mean", "mean_square", "l2")
 GRAD_NORMS = ("std", "mean_abs", "l2")
 DETAILS = ("dream", "photo", "none")
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 @dataclass
@@ -54,6 +55,11 @@ class DreamSettings:
     seed: int = 0
     # Keep the photo's colours: only the luminance of the dream is kept.
     preserve_colors: bool = False
+    # Arithmetic of the network: float32, or mixed_bfloat16 (bfloat16 activations, float32
+    # weights, BatchNorm folded into the convolutions): 2.4x faster steps on CPUs with AMX,
+    # but gradient ascent amplifies its rounding into a different picture (~25 dB PSNR from
+    # float32), so float32 stays the default (README, Performance).
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         check(self.octaves >= 1, "octaves must be >= 1", "octaves=4")
@@ -71,6 +77,8 @@ class DreamSettings:
         check(self.jitter >= 0, "jitter must be >= 0", "jitter=32")
         check(self.tile_size >= 0, "tile_size must be >= 0 (0 = no tiling)", "tile_size=512")
         check(self.seed >= 0, "seed must be >= 0", "seed=0")
+        check(self.precision in PRECISIONS, f"precision must be one of {'|'.join(PRECISIONS)}",
+              "precision=mixed_bfloat16")
 
     @classmethod
     def names(cls) -> list[str]:

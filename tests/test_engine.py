@@ -76,6 +76,7 @@ def test_weighted_layers_channels_and_negative_weights(small_array):
 @pytest.mark.parametrize("bad, words", [
     (dict(octaves=0), "octaves must be >= 1"),
     (dict(objective="cube"), "objective must be one of mean|mean_square|l2"),
+    (dict(precision="float16"), "precision must be one of float32|mixed_bfloat16"),
     (dict(layers={"block_9_add": {"weight": 1, "chanels": [1]}}), "unknown keys ['chanels']"),
     (dict(layers={"block_9_add": {"channels": [4000]}}), "channels [4000] out of range"),
 ])

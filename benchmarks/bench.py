@@ -1,0 +1,379 @@
+"""`make bench`: how fast dreamlab dreams on this machine, against the machine's own
+arithmetic limit and against the usual one-script-per-picture way.
+
+    .venv/bin/python benchmarks/bench.py [--only SECTION ...]
+
+Sections (all by default, about 6 minutes on a 2-core CPU):
+  machine    CPU, cores, TensorFlow/Keras versions, oneDNN, native bfloat16
+  matmul     dense matmul GFLOP/s, float32 and bfloat16: the machine's arithmetic limit
+  step       one dream step (InceptionV3 mixed3+mixed5, random weights, one octave, no
+             tiles) at 256/512/1024 px, float32 and mixed_bfloat16: ms/step, GFLOP/s from
+             the layers' FLOPs (forward + input-gradient backward), ratio to matmul
+  precision  the default dream of the sample photo at 512 px, float32 vs mixed_bfloat16:
+             speed ratio and PSNR between the two pictures
+  overhead   main-thread cost of the progress bar and of MLflow logging per step
+  sweep      the 2x2 grid layers=mixed3,mixed5 octaves=3,5 (256 px, 10 steps): the usual
+             script (benchmarks/baseline.py, one process per picture) against one dreamlab
+             multirun logging to MLflow
+  scaling    512..4096 px with the default tile: s/step, peak RSS, us per pixel-step, each
+             size in a fresh process (benchmarks/scaling.py)
+
+Prints one table and writes it to outputs/bench/bench.{csv,json}; a section's rows replace
+that section's rows of an earlier run, so `--only step` refreshes just those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "outputs" / "bench"
+LAYERS = ("mixed3", "mixed5")
+SECTIONS = ("machine", "matmul", "step", "precision", "overhead", "sweep", "scaling")
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def row(section: str, measure: str, value, unit: str = "", note: str = "") -> dict:
+    return {"section": section, "measure": measure, "value": value, "unit": unit, "note": note}
+
+
+# --- machine -------------------------------------------------------------------------------
+
+def machine() -> list[dict]:
+    import keras
+    import tensorflow as tf
+    from tensorflow.python.util import _pywrap_util_port
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    flags = cpu_flags()
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    gpus = tf.config.list_physical_devices("GPU")
+    return [
+        row("machine", "cpu", model),
+        row("machine", "cores", len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
+        row("machine", "gpu", ", ".join(g.name for g in gpus) or "none"),
+        row("machine", "tensorflow", tf.__version__, note=f"keras {keras.__version__}"),
+        row("machine", "onednn", "on" if _pywrap_util_port.IsMklEnabled() else "off"),
+        row("machine", "native bfloat16", ", ".join(native) or "no"),
+    ]
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next(l for l in f if l.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+# --- matmul ----------------------------------------------------------------------------------
+
+def matmul_gflops(dtype_name: str) -> float:
+    """The best dense matmul rate of a few square sizes: the machine's arithmetic limit."""
+    import tensorflow as tf
+
+    dtype = getattr(tf, dtype_name)
+    matmul = tf.function(tf.matmul)
+    best = 0.0
+    for n in (2048, 4096):
+        a = tf.cast(tf.random.uniform((n, n), seed=1), dtype)
+        b = tf.cast(tf.random.uniform((n, n), seed=2), dtype)
+        matmul(a, b).numpy()
+        reps = max(3, int(3e10 / (2 * n ** 3)))
+        start = time.perf_counter()
+        for _ in range(reps):
+            c = matmul(a, b)
+        c.numpy()
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def matmul() -> list[dict]:
+    return [row("matmul", f"{d} matmul", round(matmul_gflops(d), 1), "GFLOP/s",
+                "best of 2048 and 4096 square") for d in ("float32", "bfloat16")]
+
+
+# --- step ------------------------------------------------------------------------------------
+
+def step_flops(step, size: int) -> float:
+    """FLOPs of one step at size x size: 2*MACs of every convolution and dense layer on the
+    way to the objective's layers, twice (forward, and the backward that gives the input's
+    gradient, which costs the same as the forward). Element-wise work is not counted."""
+    import keras
+
+    config = step.extractor.get_config()
+    config["layers"][0]["config"]["batch_shape"] = (1, size, size, 3)
+    fixed = keras.Model.from_config(config)
+    total = 0
+    for layer in fixed.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+            out = layer.output.shape
+            total += 2 * np.prod(out[1:]) * np.prod(layer.kernel.shape[:-1]) // (
+                1 if isinstance(layer, keras.layers.Dense) else max(1, layer.groups))
+    return 2.0 * total
+
+
+def compiled(precision: str):
+    from dreamlab import engine
+    from dreamlab.objective import Objective, Term
+    from dreamlab.settings import DreamSettings
+
+    s = DreamSettings()
+    objective = Objective(tuple(Term(n) for n in LAYERS), s.objective, s.objective_border)
+    return engine.compiled_step("inception_v3", None, objective, s.grad_norm, s.clip,
+                                precision=precision)
+
+
+def ms_per_step(step, size: int, steps: int) -> float:
+    """Median time of a step, as the dream loop runs it (one loss read per step)."""
+    import tensorflow as tf
+
+    x = tf.constant(np.random.default_rng(0).uniform(-1, 1, (size, size, 3)).astype(np.float32))
+    rng = np.random.default_rng(0)
+    size_t = tf.constant(0.01)
+    times = []
+    for i in range(steps + 1):  # the first step warms the caches of this size
+        roll = tf.constant(rng.integers(-32, 33, size=2), tf.int32)
+        start = time.perf_counter()
+        x, loss = step.step(x, roll, size_t, 0)
+        float(loss)
+        if i:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1000
+
+
+def steps(peaks: dict) -> list[dict]:
+    rows = []
+    sizes = (256, 512, 1024)
+    # The same arithmetic in both precisions: counted on the float32 model.
+    flops = {size: step_flops(compiled("float32"), size) for size in sizes}
+    for precision, peak_key in (("float32", "float32"), ("mixed_bfloat16", "bfloat16")):
+        step = compiled(precision)
+        for size in sizes:
+            ms = ms_per_step(step, size, 7 if size < 1024 else 4)
+            gflop = flops[size] / 1e9
+            rate = gflop / (ms / 1000)
+            ratio = {k: rate / v for k, v in peaks.items() if v}
+            note = f"{gflop:.1f} GFLOP/step, {rate:.0f} GFLOP/s"
+            rows.append(row("step", f"{size} px {precision}", round(ms, 1), "ms/step", note))
+            rows.append(row("step", f"{size} px {precision} vs float32 matmul",
+                            round(100 * ratio.get("float32", 0), 1), "%", f"{rate:.0f} GFLOP/s"))
+            if precision != "float32":
+                rows.append(row("step", f"{size} px {precision} vs {peak_key} matmul",
+                                round(100 * ratio.get(peak_key, 0), 1), "%"))
+    return rows
+
+
+# --- precision -------------------------------------------------------------------------------
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def precision() -> list[dict]:
+    import dreamlab
+    from dreamlab import images
+
+    photo = images.load(images.SAMPLE, 512)
+    kwargs = dict(backbone="inception_v3", weights=None, layers=list(LAYERS))
+    results = {}
+    for p in ("float32", "mixed_bfloat16"):
+        dreamlab.dream(photo, precision=p, octaves=1, steps=1, **kwargs)  # build and trace
+        results[p] = dreamlab.dream(photo, precision=p, **kwargs)
+    f32, bf16 = results["float32"], results["mixed_bfloat16"]
+    OUT.mkdir(parents=True, exist_ok=True)
+    for p, r in results.items():
+        images.save_png(r.image, OUT / f"precision_{p}.png")
+    return [
+        row("precision", "dream float32", round(f32.seconds, 2), "s",
+            f"sample photo {photo.shape[1]}x{photo.shape[0]}, default recipe, 4 octaves x 10 steps"),
+        row("precision", "dream mixed_bfloat16", round(bf16.seconds, 2), "s"),
+        row("precision", "speed-up mixed_bfloat16", round(f32.seconds / bf16.seconds, 2), "x"),
+        row("precision", "PSNR float32 vs mixed_bfloat16", round(psnr(f32.image, bf16.image), 1), "dB",
+            "outputs/bench/precision_*.png"),
+    ]
+
+
+# --- overhead --------------------------------------------------------------------------------
+
+def overhead(step_ms: float) -> list[dict]:
+    """What the dream loop adds to each step on the main thread: the progress bar's update
+    (every step) and MLflow logging (once per octave: the losses in one batch and the
+    octave's picture), timed here including the wait for the asynchronous writes, so an
+    upper bound. Compared with the 512 px float32 step."""
+    from tqdm.auto import tqdm
+
+    from dreamlab import images, tracking
+
+    steps_per_octave = 10
+    with open(os.devnull, "w") as devnull:
+        bar = tqdm(total=10_000, unit="step", file=devnull)
+        start = time.perf_counter()
+        for i in range(10_000):
+            bar.set_postfix(loss=f"{i * 1.5:.4g}", refresh=False)
+            bar.update()
+        bar.close()
+    progress_ms = (time.perf_counter() - start) / 10_000 * 1000
+
+    store = OUT / "overhead"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+    uri = f"sqlite:///{store}/mlflow.db"
+    run = tracking.JobRun(uri, "bench", "overhead", {"a": "1"}, {})
+    run.log_octave(0, None, [1.0])  # connect and create the tables before timing
+    run._wait()
+    picture = images.load(images.SAMPLE, 512)
+    start = time.perf_counter()
+    for k in range(4):
+        run.log_octave(k, picture, [float(i) for i in range(steps_per_octave)])
+        run._wait()
+    logging_ms = (time.perf_counter() - start) / (4 * steps_per_octave) * 1000
+    run.end()
+    total = progress_ms + logging_ms
+    return [
+        row("overhead", "progress bar per step", round(progress_ms, 3), "ms"),
+        row("overhead", "MLflow logging per step", round(logging_ms, 2), "ms",
+            "one batch and one 512 px picture per 10-step octave, writes awaited"),
+        row("overhead", "share of a 512 px step", round(100 * total / step_ms, 2), "%",
+            f"step {step_ms:.0f} ms"),
+    ]
+
+
+# --- sweep -----------------------------------------------------------------------------------
+
+GRID = [(layers, octaves) for layers in LAYERS for octaves in (3, 5)]
+
+
+def run_quiet(cmd: list[str], **kwargs) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise SystemExit(f"bench: {' '.join(cmd[:4])}... failed:\n{tail}")
+    return time.perf_counter() - start
+
+
+def sweep() -> list[dict]:
+    from dreamlab import images
+
+    work = OUT / "sweep"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "baseline").mkdir(parents=True)
+    baseline = 0.0
+    for layers, octaves in GRID:
+        baseline += run_quiet([sys.executable, "benchmarks/baseline.py",
+                               str(work / "baseline" / f"{layers}_{octaves}.png"),
+                               "--layers", layers, "--octaves", str(octaves),
+                               "--steps", "10", "--max-size", "256"])
+    uri = f"sqlite:///{work}/mlflow.db"
+    # A team's store exists before its sweeps: create its tables outside the timing.
+    run_quiet([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient('{uri}').search_experiments()"])
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+    multirun = run_quiet([sys.executable, "-m", "dreamlab", "-m", f"layers={','.join(LAYERS)}",
+                          "octaves=3,5", "max_size=256", "steps=10", "backbone.weights=null",
+                          "progress=false", "resume=false", f"hydra.sweep.dir={work / 'dreamlab'}"],
+                         env=env)
+    # Same work on both sides: the pictures must match.
+    worst = min(psnr(images.load(str(work / "baseline" / f"{layers}_{octaves}.png")),
+                     images.load(str(work / "dreamlab" / str(i) / "dream.png")))
+                for i, (layers, octaves) in enumerate(GRID))
+    return [
+        row("sweep", "baseline: 4 processes, benchmarks/baseline.py", round(baseline, 1), "s",
+            "Keras-example script: model built and step traced per picture and octave size"),
+        row("sweep", "dreamlab: one multirun with MLflow", round(multirun, 1), "s",
+            "python -m dreamlab -m layers=mixed3,mixed5 octaves=3,5 max_size=256 steps=10"),
+        row("sweep", "speed-up", round(baseline / multirun, 2), "x"),
+        row("sweep", "pictures, baseline vs dreamlab (worst PSNR)",
+            "identical" if worst == float("inf") else round(worst, 1), "" if worst == float("inf") else "dB"),
+    ]
+
+
+# --- scaling ---------------------------------------------------------------------------------
+
+def scaling() -> list[dict]:
+    import scaling as scaling_script
+
+    rows = []
+    for size in (512, 1024, 2048, 4096):
+        r = scaling_script.measure(size, steps=1 if size >= 4096 else 2)
+        rows.append(row("scaling", f"{size} px s/step", round(r["s_per_step"], 2), "s"))
+        rows.append(row("scaling", f"{size} px peak RSS", round(r["peak_rss_mb"]), "MB"))
+        rows.append(row("scaling", f"{size} px time per pixel-step", round(r["us_per_pixel_step"], 3), "us"))
+    return rows
+
+
+# --- table -----------------------------------------------------------------------------------
+
+def save(rows: list[dict]) -> None:
+    import pandas as pd
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows, columns=["section", "measure", "value", "unit", "note"])
+    frame.to_csv(OUT / "bench.csv", index=False)
+    (OUT / "bench.json").write_text(json.dumps(rows, indent=2, default=str))
+
+
+def load_previous() -> list[dict]:
+    path = OUT / "bench.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    wanted = parser.parse_args().only
+    started = time.perf_counter()
+    rows = [r for r in load_previous() if r["section"] not in wanted]
+    done: dict[str, list[dict]] = {}
+
+    def section(name: str, fn, *args):
+        if name in wanted:
+            t = time.perf_counter()
+            print(f"bench: {name}...", file=sys.stderr, flush=True)
+            done[name] = fn(*args)
+            rows.extend(done[name])
+            save(sorted(rows, key=lambda r: SECTIONS.index(r["section"])))
+            print(f"bench: {name} took {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+
+    def value(measure: str, default=0.0):
+        return next((r["value"] for r in rows if r["measure"] == measure), default)
+
+    section("machine", machine)
+    section("matmul", matmul)
+    peaks = {"float32": value("float32 matmul"), "bfloat16": value("bfloat16 matmul")}
+    section("step", steps, peaks)
+    section("precision", precision)
+    section("overhead", overhead, value("512 px float32", 500.0))
+    section("sweep", sweep)
+    section("scaling", scaling)
+    rows.sort(key=lambda r: SECTIONS.index(r["section"]))
+    save(rows)
+    from tabulate import tabulate
+
+    print(tabulate([[r["section"], r["measure"], r["value"], r["unit"], r["note"]] for r in rows],
+                   headers=["section", "measure", "value", "unit", "note"], tablefmt="github"))
+    print(f"\n{len(rows)} rows in {OUT / 'bench.csv'} and bench.json "
+          f"({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

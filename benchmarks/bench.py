@@ -17,6 +17,7 @@ Sections (all by default, about 6 minutes on a 2-core CPU):
              multirun logging to MLflow
   scaling    512..4096 px with the default tile: s/step, peak RSS, us per pixel-step, each
              size in a fresh process (benchmarks/scaling.py)
+  goals      each goal of the performance issue, met or missed, from the rows above
 
 Prints one table and writes it to outputs/bench/bench.{csv,json}; a section's rows replace
 that section's rows of an earlier run, so `--only step` refreshes just those.
@@ -41,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "bench"
 LAYERS = ("mixed3", "mixed5")
-SECTIONS = ("machine", "matmul", "step", "precision", "overhead", "sweep", "scaling")
+SECTIONS = ("machine", "matmul", "step", "precision", "overhead", "sweep", "scaling", "goals")
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -249,7 +250,11 @@ def overhead(step_ms: float) -> list[dict]:
     logging_ms = (time.perf_counter() - start) / (4 * steps_per_octave) * 1000
     run.end()
     total = progress_ms + logging_ms
+    # Start-up: the heavy modules (TensorFlow, Keras, MLflow) are imported only by a job.
+    startup = min(run_quiet([sys.executable, "-m", "dreamlab", "--help"]) for _ in range(3))
     return [
+        row("overhead", "start-up: python -m dreamlab --help", round(startup, 2), "s",
+            "best of 3; imports neither TensorFlow nor MLflow"),
         row("overhead", "progress bar per step", round(progress_ms, 3), "ms"),
         row("overhead", "MLflow logging per step", round(logging_ms, 2), "ms",
             "one batch and one 512 px picture per 10-step octave, writes awaited"),
@@ -321,6 +326,28 @@ def scaling() -> list[dict]:
     return rows
 
 
+# --- goals ---------------------------------------------------------------------------------
+
+def goals(value) -> list[dict]:
+    """The issue's goals against this run's numbers (missing sections count as not met)."""
+    step = value("512 px float32 vs float32 matmul")
+    speedup = value("speed-up")
+    rss = value("4096 px peak RSS", float("inf"))
+    bf16, db = value("speed-up mixed_bfloat16"), value("PSNR float32 vs mixed_bfloat16")
+    share = value("share of a 512 px step", float("inf"))
+
+    def goal(what, ok, measured):
+        return row("goals", what, "met" if ok else "missed", "", measured)
+
+    return [
+        goal("512 px step >= 80% of float32 matmul", step >= 80, f"{step}% (float32, the default)"),
+        goal("2x2 sweep >= 2.5x the usual script", speedup >= 2.5, f"{speedup}x"),
+        goal("peak RSS at 4096 px < 3 GB", rss < 3000, f"{rss} MB"),
+        goal("mixed_bfloat16 >= 1.5x and >= 30 dB", bf16 >= 1.5 and db >= 30, f"{bf16}x, {db} dB"),
+        goal("logging + progress < 2% of a step", share < 2, f"{share}%"),
+    ]
+
+
 # --- table -----------------------------------------------------------------------------------
 
 def save(rows: list[dict]) -> None:
@@ -365,6 +392,8 @@ def main() -> None:
     section("overhead", overhead, value("512 px float32", 500.0))
     section("sweep", sweep)
     section("scaling", scaling)
+    if "goals" in wanted:
+        rows[:] = [r for r in rows if r["section"] != "goals"] + goals(value)
     rows.sort(key=lambda r: SECTIONS.index(r["section"]))
     save(rows)
     from tabulate import tabulate

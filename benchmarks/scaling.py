@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 CHILD = r"""
-import resource, sys, time
+import sys, time
 import numpy as np
 import dreamlab
 size, steps = int(sys.argv[1]), int(sys.argv[2])
@@ -24,7 +24,9 @@ dreamlab.dream(photo[:600, :600], steps=1, **args)  # build and trace outside th
 start = time.perf_counter()
 result = dreamlab.dream(photo, steps=steps, **args)
 seconds = (time.perf_counter() - start) / steps
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the parent through
+# fork and exec, so a child of a 2 GB process would report 2 GB whatever it used.
+rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 print(f"RESULT {size} {seconds:.3f} {rss:.0f}")
 """
 

@@ -138,7 +138,7 @@ def _freeze_long_lived() -> None:
     MLflow and the models and compiled steps of earlier jobs. Collected once, then frozen, it
     is no longer walked by every full collection while the next job traces its step
     (with the threshold set in __main__, garbage collection went from 2.5 s of a 4-job sweep to 1.1 s)."""
-    import keras  # noqa: F401  (needed by every job; imported here so that it is frozen too)
+    import keras  # noqa: F401  (needed by every job; imported first so that it is frozen too)
 
     gc.collect()
     gc.freeze()

@@ -144,7 +144,8 @@ def compiled(precision: str):
 
 
 def ms_per_step(step, size: int, steps: int) -> float:
-    """Median time of a step, as the dream loop runs it (one loss read per step)."""
+    """The best time of a step, as the dream loop runs it (one loss read per step). Best, not
+    median: on a shared virtual machine a neighbour's load only ever adds time."""
     import tensorflow as tf
 
     x = tf.constant(np.random.default_rng(0).uniform(-1, 1, (size, size, 3)).astype(np.float32))
@@ -158,7 +159,7 @@ def ms_per_step(step, size: int, steps: int) -> float:
         float(loss)
         if i:
             times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1000
+    return min(times) * 1000
 
 
 def steps(peaks: dict) -> list[dict]:
@@ -199,7 +200,11 @@ def precision() -> list[dict]:
     results = {}
     for p in ("float32", "mixed_bfloat16"):
         dreamlab.dream(photo, precision=p, octaves=1, steps=1, **kwargs)  # build and trace
-        results[p] = dreamlab.dream(photo, precision=p, **kwargs)
+    for _ in range(2):  # alternated, the best of two each: neighbours' load only adds time
+        for p in ("float32", "mixed_bfloat16"):
+            r = dreamlab.dream(photo, precision=p, **kwargs)
+            if p not in results or r.seconds < results[p].seconds:
+                results[p] = r
     f32, bf16 = results["float32"], results["mixed_bfloat16"]
     OUT.mkdir(parents=True, exist_ok=True)
     for p, r in results.items():

@@ -186,14 +186,10 @@ def steps(peaks: dict) -> list[dict]:
 
 # --- precision -------------------------------------------------------------------------------
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
 def precision() -> list[dict]:
     import dreamlab
     from dreamlab import images
+    from dreamlab.images import psnr
 
     photo = images.load(images.SAMPLE, 512)
     kwargs = dict(backbone="inception_v3", weights=None, layers=list(LAYERS))
@@ -284,6 +280,7 @@ def run_quiet(cmd: list[str], **kwargs) -> float:
 
 def sweep() -> list[dict]:
     from dreamlab import images
+    from dreamlab.images import psnr
 
     work = OUT / "sweep"
     shutil.rmtree(work, ignore_errors=True)

@@ -43,7 +43,9 @@ class DreamResult:
     seconds: float = 0.0
 
 
+@functools.cache
 def _tf():
+    """TensorFlow, imported on first use and set up once (the step calls this every step)."""
     import tensorflow as tf
 
     # Same config, seed and machine must give the same bytes; on CPU this costs nothing.
@@ -95,7 +97,8 @@ class DreamStep:
     def step(self, x, roll, step_size, tile: int = 0):
         """One step; `tile` (a Python int) > 0 computes the gradient tile by tile."""
         if tile > 0:
-            return self._tiled(x, roll, step_size, _tf().constant(tile, _tf().int32))
+            tf = _tf()
+            return self._tiled(x, roll, step_size, tf.constant(tile, tf.int32))
         return self._whole(x, roll, step_size)
 
     def fits(self, side: int) -> bool:

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import images
 from .errors import DreamlabError, first_line
 
 
 def _download_checked(client, run, folder: str, sha_tag: str, into: Path) -> str | None:
     """The run's logged file in `folder` (input/ or guide/), verified by its SHA-256 tag."""
-    from . import images
-
     files = [a.path for a in client.list_artifacts(run.info.run_id, folder)]
     if not files:
         return None
@@ -94,9 +93,7 @@ def compare(a: Path, b: Path) -> dict:
         x, y = np.asarray(x.convert("RGB"), float), np.asarray(y.convert("RGB"), float)
     if x.shape != y.shape:
         return {"identical": False, "psnr": 0.0, "max_diff": 255, "shapes": (x.shape, y.shape)}
-    mse = float(np.mean((x - y) ** 2))
-    return {"identical": False, "psnr": math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse),
-            "max_diff": int(np.abs(x - y).max())}
+    return {"identical": False, "psnr": images.psnr(x, y), "max_diff": int(np.abs(x - y).max())}
 
 
 def describe(run_id: str, report: dict) -> str:

@@ -2,7 +2,6 @@
 reference's maths (shared/docs/algorithms.md and the references' published code), written
 here independently of dreamlab's engine, on a small photo with the real MobileNetV2."""
 
-import math
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from PIL import Image
 
 import dreamlab
 from dreamlab import app
+from dreamlab.images import psnr
 from dreamlab.settings import DreamSettings
 
 from conftest import SHARED_WEIGHTS
@@ -45,11 +45,6 @@ def recipe_dream(photo, recipe, **extra):
     knobs = {name: getattr(conf, name) for name in DreamSettings.names()}
     return dreamlab.dream(photo, backbone="mobilenet_v2", weights=str(SHARED_WEIGHTS),
                           layers=LAYERS, **knobs), conf
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 def unit(photo):

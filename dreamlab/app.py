@@ -1,24 +1,21 @@
-"""The Hydra app: compose the config, run the engine, save and track the result.
-
-It only wires things together: config -> inputs -> engine -> outputs and MLflow.
+"""The Hydra app: compose the config and hand it to a job (dreamlab.jobs); fold Hydra's
+multi-line config errors into one line.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import backbones, config, images
+from . import config, images
 from .errors import DreamlabError, first_line
 
 log = logging.getLogger("dreamlab")
@@ -76,9 +73,11 @@ _hydra_utils.run_and_report = _report_config_errors
 def main(cfg: DictConfig) -> Optional[float]:
     """One job. In a multirun a failed job is recorded (FAILED run, error line) and the sweep
     goes on; the sweep callback then exits non-zero. A single run exits non-zero at once."""
+    from . import jobs
+
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return run_job(cfg)
+        return jobs.run(cfg)
     except DreamlabError as exc:
         log.error("%s", exc)
         print(f"dreamlab: error: {exc}", file=sys.stderr)
@@ -89,187 +88,3 @@ def main(cfg: DictConfig) -> Optional[float]:
             raise
         log.exception("job failed")
     return None
-
-
-def run_job(cfg: DictConfig) -> float:
-    from . import sweep
-
-    hc = HydraConfig.get()
-    job_dir = Path(hc.runtime.output_dir)
-    _freeze_long_lived()
-    started = time.perf_counter()
-    record = {"job": hc.job.num if hc.mode == RunMode.MULTIRUN else 0,
-              "overrides": " ".join(hc.overrides.task), "status": "FAILED", "error": None}
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker = None
-    try:
-        fp = _fingerprint(cfg, resolved, hc) if cfg.mlflow.enabled else None
-        if fp and cfg.resume and hc.mode == RunMode.MULTIRUN:
-            done = _resume(cfg, fp, job_dir)
-            if done is not None:
-                history = tracking_history(cfg.mlflow.tracking_uri, done.info.run_id)
-                record.update(status="SKIPPED", run_id=done.info.run_id, losses=history,
-                              loss=history[-1] if history else None)
-                return record["loss"]
-        if cfg.mlflow.enabled:
-            tracker = _start_run(cfg, resolved, hc, fp)
-        # Merged into the schema so that a job's own record (.hydra/config.yaml, composed
-        # without the schema) is typed and validated the same way; every value is checked.
-        conf: config.Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config.Config), cfg))
-        result = dream_job(conf, resolved, job_dir, tracker)
-        record.update(status="FINISHED", loss=result.losses[-1], losses=result.losses)
-        return result.losses[-1]
-    except BaseException as exc:
-        record["error"] = first_line(exc)
-        if tracker is not None:
-            tracker.end(error=record["error"])
-        raise
-    finally:
-        record["seconds"] = round(time.perf_counter() - started, 2)
-        if tracker is not None:
-            record["run_id"] = tracker.run_id
-        if (job_dir / "dream.png").is_file():
-            record["image"] = str(job_dir / "dream.png")
-        sweep.write_job_record(job_dir, record)
-
-
-def _freeze_long_lived() -> None:
-    """Keep the garbage collector off what lives as long as the process: TensorFlow, Keras,
-    MLflow and the models and compiled steps of earlier jobs. Collected once, then frozen, it
-    is no longer walked by every full collection while the next job traces its step (with
-    the threshold set in __main__, garbage collection in a 4-job sweep went from 2.5 s to
-    1.1 s)."""
-    import keras  # noqa: F401  (needed by every job; imported first so that it is frozen too)
-
-    gc.collect()
-    gc.freeze()
-
-
-def tracking_history(uri: str, run_id: str) -> list[float]:
-    from . import tracking
-
-    history = tracking.client(uri).get_metric_history(run_id, "loss")
-    return [m.value for m in sorted(history, key=lambda m: m.step)]
-
-
-def dream_job(conf: "config.Config", resolved: dict, job_dir: Path, tracker):
-    """Dream, save dream.png and loss.png in job_dir and log it all; returns the result."""
-    from . import plots
-
-    result = _dream(conf, tracker, job_dir)
-    out = images.save_png(result.image, job_dir / "dream.png")
-    final = result.losses[-1]
-    log.info("dream.png written to %s (final loss %.4g, %.1fs)", out, final, result.seconds)
-    curve = plots.loss_curve(result.losses, result.octave_of_step, job_dir / "loss.png",
-                             title=job_dir.name)
-    if tracker is not None:
-        tracker.log_artifact(str(out))
-        tracker.log_artifact(str(curve))
-        tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-        overrides = job_dir / ".hydra" / "overrides.yaml"
-        if overrides.is_file():
-            tracker.log_artifact(str(overrides))
-        tracker.end()
-    return result
-
-
-def _dream(conf: "config.Config", tracker, job_dir: Path):
-    from . import engine
-    from .settings import DreamSettings
-
-    if conf.image is None:
-        picture = images.noise(conf.max_size or 512, conf.seed)
-    else:
-        picture = images.load(conf.image, conf.max_size)
-        if tracker is not None:
-            tracker.log_artifact(conf.image, "input")
-            tracker.set_tags({"dreamlab.input_sha256": images.sha256(conf.image)})
-    guide = None
-    if conf.guide is not None:
-        guide = images.load(conf.guide, conf.max_size)
-        if tracker is not None:
-            tracker.log_artifact(conf.guide, "guide")
-            tracker.set_tags({"dreamlab.guide_sha256": images.sha256(conf.guide)})
-    backbone = conf.backbone.name
-    if backbone == backbones.CUSTOM:
-        backbone = backbones.custom(conf.backbone.path, conf.backbone.preprocess)
-    kwargs = dict(backbone=backbone, weights=conf.backbone.weights, layers=conf.layers,
-                  guide=guide, progress=conf.progress,
-                  **{name: getattr(conf, name) for name in DreamSettings.names()})
-    zooming = conf.frames > 0
-
-    def on_octave(k: int, image, losses: list[float]) -> None:
-        log.info("octave %d/%d %dx%d: loss %.4g -> %.4g", k + 1, conf.octaves,
-                 image.shape[1], image.shape[0], losses[0], losses[-1])
-        if tracker is not None:  # a zoom video logs its frames, not every octave of them
-            tracker.log_octave(k, None if zooming else image, losses)
-
-    if not zooming:
-        return engine.dream(picture, on_octave=on_octave, **kwargs)
-    frames = []
-    for i, result in enumerate(engine.dream_zoom(picture, conf.frames, conf.zoom,
-                                                 on_octave=on_octave, **kwargs)):
-        frames.append(result.image)
-        path = images.save_png(result.image, job_dir / "frames" / f"frame_{i:04d}.png")
-        log.info("frame %d/%d written to %s", i + 1, conf.frames, path)
-        if tracker is not None:
-            tracker.log_image(result.image, "frame", i)
-    gif = images.save_gif(frames, job_dir / "zoom.gif")
-    if tracker is not None:
-        tracker.log_artifact(str(gif))
-        tracker.log_artifact(str(job_dir / "frames"))
-    return result
-
-
-def _fingerprint(cfg: DictConfig, resolved: dict, hc) -> str:
-    from . import tracking
-
-    def sha(path):
-        return images.sha256(path) if path and os.path.isfile(path) else str(path)
-
-    name = cfg.backbone.name
-    if name == backbones.CUSTOM and cfg.backbone.path:
-        name = f"{backbones.CUSTOM}:{os.path.abspath(cfg.backbone.path)}"
-    return tracking.fingerprint(resolved, str(hc.runtime.choices.get("recipe")), sha(cfg.image),
-                                sha(cfg.guide), backbones.weights_identity(name, cfg.backbone.weights))
-
-
-def _resume(cfg: DictConfig, fp: str, job_dir: Path):
-    """The FINISHED run that already did this job's work; its picture is copied into the
-    job folder so the sweep's contact sheet still shows every job."""
-    from . import tracking
-
-    done = tracking.finished_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, fp)
-    if done is None:
-        return None
-    job_dir.mkdir(parents=True, exist_ok=True)
-    tracking.client(cfg.mlflow.tracking_uri).download_artifacts(done.info.run_id, "dream.png", str(job_dir))
-    log.info("skipped: this exact work is already FINISHED as run %s (%s); resume=false reruns it",
-             done.info.run_id, done.info.run_name)
-    return done
-
-
-def _start_run(cfg: DictConfig, resolved: dict, hc, fp: Optional[str]) -> Any:
-    from . import sweep, tracking
-
-    overrides = list(hc.overrides.task)
-    tags = {tracking.JOB_TAG: str(hc.job.num) if hc.mode == RunMode.MULTIRUN else "0",
-            "dreamlab.overrides": " ".join(overrides)}
-    if fp:
-        tags[tracking.FINGERPRINT_TAG] = fp
-    swept: list[str] = []
-    if hc.mode == RunMode.MULTIRUN:
-        info = sweep.read_sweep_file(hc.sweep.dir)
-        swept = info.get("swept", [])
-        tags[tracking.SWEEP_TAG] = str(Path(hc.sweep.dir).resolve())
-        if info.get("parent_run_id"):
-            tags[tracking.PARENT_TAG] = info["parent_run_id"]
-    named = [o.lstrip("+~") for o in overrides]
-    if swept:
-        named = [o for o in named if o.split("=", 1)[0] in swept]
-    tags.update(tracking.environment())
-    params = tracking.flatten(resolved)
-    # The recipe is a config group, so it is not a key of the resolved config; log the choice.
-    params["recipe"] = str(hc.runtime.choices.get("recipe"))
-    return tracking.JobRun(cfg.mlflow.tracking_uri, cfg.mlflow.experiment,
-                           run_name=",".join(named) or "dream", params=params, tags=tags)

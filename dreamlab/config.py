@@ -60,6 +60,11 @@ class Config(DreamSettings):
     resume: bool = True
     # A per-job progress bar on the console.
     progress: bool = True
+    # TensorFlow's intra-op threads per job. The picture's bytes depend on it (oneDNN splits
+    # some gradients by thread), so it is a config key with one default everywhere: with 1,
+    # a job gives the same picture in process, in a parallel worker, on SLURM or on Ray, and
+    # the other cores of a process still work through inter-op parallelism (dreamlab.slots).
+    threads: int = 1
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
@@ -68,6 +73,7 @@ class Config(DreamSettings):
         check(self.max_size is None or self.max_size >= 8, "max_size must be >= 8 or null", "max_size=512")
         check(self.frames >= 0, "frames must be >= 0 (0 = a single picture)", "frames=30")
         check(0 < self.zoom < 0.5, "zoom must be between 0 and 0.5", "zoom=0.05")
+        check(self.threads >= 1, "threads must be >= 1", "threads=1")
 
 
 def register() -> None:

@@ -45,12 +45,27 @@ class DreamResult:
 
 @functools.cache
 def _tf():
-    """TensorFlow, imported on first use and set up once (the step calls this every step)."""
+    """TensorFlow, imported on first use (the step calls this every step)."""
     import tensorflow as tf
 
-    # Same config, seed and machine must give the same bytes; on CPU this costs nothing.
-    tf.config.experimental.enable_op_determinism()
     return tf
+
+
+def _set_determinism(on: bool) -> None:
+    """Process-wide in TensorFlow; set before each dream, and part of the compiled step's key
+    so that a step built one way is never run the other way."""
+    tf = _tf()
+    if on:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        tf.config.experimental.disable_op_determinism()
+
+
+def _refused(exc: BaseException) -> DreamlabError:
+    op = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DreamlabError(f"this device has no deterministic kernel for an op of the dream ({op}): "
+                         f"set deterministic=false to run it, with pictures that may then differ "
+                         f"from run to run in their last bits")
 
 
 class DreamStep:
@@ -214,11 +229,11 @@ _STEPS: dict[tuple, DreamStep] = {}
 
 def compiled_step(backbone: str, weights: Optional[str], objective: Objective,
                   grad_norm: str, clip: bool, guide: Optional[np.ndarray] = None,
-                  precision: str = "float32") -> DreamStep:
+                  precision: str = "float32", deterministic: bool = True) -> DreamStep:
     """The process-wide step for this (backbone, objective, normalisation, guide, precision):
     built once, reused by every later picture and job of the process."""
     guide_id = None if guide is None else hashlib.sha256(guide.tobytes()).hexdigest()
-    key = (backbone, weights, objective, grad_norm, clip, guide_id, precision)
+    key = (backbone, weights, objective, grad_norm, clip, guide_id, precision, deterministic)
     if key not in _STEPS:
         model = backbones.load(backbone, weights, precision)
         backbones.check_layers(model, backbone, objective.layers)
@@ -283,6 +298,7 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
     """
     s = DreamSettings(**settings)
     tf = _tf()
+    _set_determinism(s.deterministic)
     base = to_unit(image)
     if base.ndim != 3 or base.shape[-1] != 3:
         raise DreamlabError(f"the image must be H x W x 3 RGB, got shape {base.shape}")
@@ -292,7 +308,7 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
                             f"example layers=NAME (python -m dreamlab.layers lists them)")
     objective = Objective(parse_layers(layers, table), s.objective, s.objective_border)
     step = compiled_step(backbone, weights, objective, s.grad_norm, s.clip,
-                         None if guide is None else to_unit(guide), s.precision)
+                         None if guide is None else to_unit(guide), s.precision, s.deterministic)
     sizes = octave_sizes(base.shape[0], base.shape[1], s)
     check_sizes(sizes, step, backbone, objective, s)
 
@@ -331,8 +347,13 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
             bar.set_description(f"octave {k + 1}/{len(sizes)}", refresh=False)
         for _ in range(s.steps):
             roll = rng.integers(-reach, reach + 1, size=2) if reach else (0, 0)
-            x, loss = step.step(x, tf.constant(roll, tf.int32), step_size, tile)
-            loss = float(loss)
+            try:
+                x, loss = step.step(x, tf.constant(roll, tf.int32), step_size, tile)
+                loss = float(loss)
+            except tf.errors.UnimplementedError as exc:
+                if s.deterministic and "determinis" in str(exc):
+                    raise _refused(exc) from None
+                raise
             octave_losses.append(loss)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4g}", refresh=False)

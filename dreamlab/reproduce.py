@@ -23,6 +23,9 @@ from . import images
 from .errors import DreamlabError, first_line
 
 
+_PLACE_TAGS = ("env.device", "env.inter_op_threads", "env.cuda_visible_devices")
+
+
 def _download_checked(client, run, folder: str, sha_tag: str, into: Path) -> str | None:
     """The run's logged file in `folder` (input/ or guide/), verified by its SHA-256 tag."""
     files = [a.path for a in client.list_artifacts(run.info.run_id, folder)]
@@ -41,7 +44,7 @@ def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/rep
     from mlflow.exceptions import MlflowException
     from omegaconf import OmegaConf
 
-    from . import app, config, tracking
+    from . import config, jobs, slots, tracking
 
     client = tracking.client(tracking_uri)
     try:
@@ -63,21 +66,26 @@ def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/rep
     resolved["mlflow"]["tracking_uri"] = tracking_uri
     cfg = OmegaConf.merge(OmegaConf.structured(config.Config), resolved)
     conf = OmegaConf.to_object(cfg)
+    # The original's thread count is in its config: the same pools give the same bytes.
+    env_tags = slots.configure_tensorflow(conf.threads, conf.deterministic)
     experiment = client.get_experiment(run.info.experiment_id).name
     params = tracking.flatten(resolved)
     params["recipe"] = run.data.params.get("recipe", "None")
-    tags = {"reproduces": run_id, tracking.JOB_TAG: "0", **tracking.environment()}
+    tags = {"reproduces": run_id, tracking.JOB_TAG: "0", **tracking.environment(), **env_tags}
     tracker = tracking.JobRun(tracking_uri, experiment, f"reproduce {run.info.run_name}", params, tags)
     try:
-        app.dream_job(conf, resolved, job_dir, tracker)
+        jobs.dream_job(conf, resolved, job_dir, tracker)
     except BaseException as exc:
         tracker.end(error=first_line(exc))
         raise
     original = Path(client.download_artifacts(run_id, "dream.png", str(fetched)))
     report = compare(original, job_dir / "dream.png")
     report["run_id"] = tracker.run_id
+    # Where a job ran (device, inter-op threads, CUDA_VISIBLE_DEVICES) does not shape the
+    # picture; what does is compared.
     report["environment"] = {k: (run.data.tags.get(k, "?"), v) for k, v in tags.items()
-                             if k.startswith("env.") and run.data.tags.get(k, "?") != v}
+                             if k.startswith("env.") and k not in _PLACE_TAGS
+                             and run.data.tags.get(k, "?") != v}
     client.set_tag(tracker.run_id, "dreamlab.identical", str(report["identical"]).lower())
     if not report["identical"]:
         client.log_metric(tracker.run_id, "psnr_vs_original", min(report["psnr"], 1e9))

@@ -60,6 +60,10 @@ class DreamSettings:
     # but gradient ascent amplifies its rounding into a different picture (~25 dB PSNR from
     # float32), so float32 stays the default (README, Performance).
     precision: str = "float32"
+    # TensorFlow's deterministic ops (same config, seed and machine: same bytes). Free on
+    # CPUs; on GPUs some ops are slower and a few have no deterministic kernel at all, which
+    # stops the dream with an error naming this key: false then runs it, not byte-exact.
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         check(self.octaves >= 1, "octaves must be >= 1", "octaves=4")

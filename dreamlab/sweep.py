@@ -133,7 +133,15 @@ def write_job_record(job_dir: Path, record: dict) -> None:
     """Each job leaves its outcome in its folder, so the sweep's summary needs neither MLflow
     nor the launcher's cooperation."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / JOB_FILE).write_text(json.dumps(record))
+    # Written whole then renamed: the sweep's summary may read it while a worker writes it.
+    tmp = job_dir / f".{JOB_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(record))
+    tmp.replace(job_dir / JOB_FILE)
+
+
+def read_job_record(job_dir: Path) -> Optional[dict]:
+    path = job_dir / JOB_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_job_records(sweep_dir: Path) -> list[dict]:

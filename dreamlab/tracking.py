@@ -28,10 +28,56 @@ _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _PARAM_BATCH = 100  # ... and of params
 
 
+_READY: set[str] = set()
+
+
 def client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
+    if tracking_uri not in _READY:
+        _create_store(tracking_uri)
+        _READY.add(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _create_store(tracking_uri: str) -> None:
+    """Create and migrate a local SQLite store under a file lock, once per process.
+
+    MLflow creates a new store's tables in whichever process opens it first, unprotected:
+    several processes starting together on a new file fail with `table ... already exists`
+    (8 processes: 7 failed). Under the lock the first one creates it and the others find it
+    complete. Writers to an existing store are safe: SQLite's busy timeout queues them."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    db = os.path.abspath(tracking_uri[len("sqlite:///"):])
+    os.makedirs(os.path.dirname(db), exist_ok=True)
+    with open(db + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            retry(lambda: MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _transient(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def retry(call, attempts: int = 6, first_wait: float = 0.5):
+    """call(), again after a growing pause while SQLite says the database is locked (its 20 s
+    busy timeout can still run out when many jobs end at once); other errors at once."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == attempts - 1 or not _transient(exc):
+                raise
+            time.sleep(first_wait * 2 ** attempt)
 
 
 def experiment_id(mlflow_client, name: str, tracking_uri: str) -> str:
@@ -143,12 +189,13 @@ class JobRun:
 
         self.client = client(tracking_uri)
         exp = experiment_id(self.client, experiment, tracking_uri)
-        self.run_id = self.client.create_run(exp, run_name=run_name, tags=dict(tags)).info.run_id
+        self.run_id = retry(lambda: self.client.create_run(exp, run_name=run_name, tags=dict(tags))).info.run_id
         self._pending = []
         self._step = 0
         items = [Param(k, v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), _PARAM_BATCH):
-            self.client.log_batch(self.run_id, params=items[i:i + _PARAM_BATCH])
+            batch = items[i:i + _PARAM_BATCH]
+            retry(lambda: self.client.log_batch(self.run_id, params=batch))
 
     def log_octave(self, octave: int, image: Optional[np.ndarray], losses: list[float]) -> None:
         """The octave's losses (global step index) and its picture, without waiting."""
@@ -178,17 +225,22 @@ class JobRun:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
+            retry(lambda: self.client.set_tag(self.run_id, k, v))
 
     def end(self, error: Optional[str] = None) -> None:
         self._wait()
-        if error is not None:
-            self.client.set_tag(self.run_id, ERROR_TAG, error[:5000])
-            self.client.set_tag(self.run_id, "mlflow.note.content", f"Failed: {error}")
-        self.client.set_terminated(self.run_id, "FAILED" if error is not None else "FINISHED")
+        end_run(self.client, self.run_id, error)
 
     def _wait(self) -> None:
         for op in self._pending:
             if op is not None:
-                op.wait()
+                retry(op.wait)
         self._pending.clear()
+
+
+def end_run(mlflow_client, run_id: str, error: Optional[str] = None) -> None:
+    """FINISHED, or FAILED with the error as a tag and as the run's note in the UI."""
+    if error is not None:
+        retry(lambda: mlflow_client.set_tag(run_id, ERROR_TAG, error[:5000]))
+        retry(lambda: mlflow_client.set_tag(run_id, "mlflow.note.content", f"Failed: {error}"))
+    retry(lambda: mlflow_client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED"))

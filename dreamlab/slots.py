@@ -1,0 +1,192 @@
+"""Device slots: which GPU or which cores a worker process owns, and TensorFlow set up for it.
+
+A slot is what one long-lived worker of `hydra/launcher=parallel` owns for its whole life:
+one GPU (or a share of one), or a group of CPU cores. `plan` splits the machine into slots
+without importing TensorFlow (the launching process never needs it); `worker_env` gives the
+environment a worker starts with (`CUDA_VISIBLE_DEVICES` must be set before TensorFlow
+initialises its devices); `configure_tensorflow` sizes TensorFlow's thread pools in the
+process that dreams, whichever launcher started it, and says what it did (`env.*` tags).
+
+Why the intra-op thread count is a config key (`threads`, default 1) and not the slot's core
+count: oneDNN splits some gradients (max pooling's, measured on InceptionV3 at 256 px and up)
+differently for different thread counts, so the picture's bytes depend on it. With one
+intra-op thread per op, the other cores work through inter-op parallelism (InceptionV3's
+branches run side by side; measured 247 ms against 226 ms per 512 px step with 2 intra-op
+threads) and the picture is the same whether a job ran in process, in a 1-core worker, on
+SLURM or on Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+from .errors import DreamlabError
+
+# Tests (and users who want to see the GPU plan on a machine without GPUs) list pretend GPU
+# ids here; workers get them in CUDA_VISIBLE_DEVICES, and TensorFlow, finding no such GPU,
+# runs on the CPU.
+PRETEND_GPUS_ENV = "DREAMLAB_PRETEND_GPUS"
+# The slot a worker was started for, as JSON, read back by configure_tensorflow.
+SLOT_ENV = "DREAMLAB_SLOT"
+# Each worker of a GPU machine keeps about this much host memory (TensorFlow, a backbone, its
+# compiled steps at 512 px: 1.2 to 1.7 GB measured); CPU workers are bounded by it too.
+WORKER_MEMORY_BYTES = 2 << 30
+
+
+@dataclass
+class Slot:
+    index: int
+    gpu: Optional[str] = None  # the GPU id the worker sees as its only GPU; None: CPU only
+    cores: list[int] = field(default_factory=list)  # the cores the worker is pinned to
+    pretend: bool = False
+
+    @property
+    def device(self) -> str:
+        if self.gpu is not None:
+            return f"gpu:{self.gpu}" + (" (pretend)" if self.pretend else "")
+        return "cpu:" + ",".join(map(str, self.cores))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def visible_gpus() -> tuple[list[str], bool]:
+    """GPU ids this process may hand out, and whether they are pretend ones. Read from
+    DREAMLAB_PRETEND_GPUS, else CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`."""
+    pretend = os.environ.get(PRETEND_GPUS_ENV)
+    if pretend:
+        return [g.strip() for g in pretend.split(",") if g.strip()], True
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"], False
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return [], False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return [], False
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")], False
+
+
+def available_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def _available_memory() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def plan(gpus: Optional[Sequence] = None, workers_per_gpu: int = 1, workers: Optional[int] = None,
+         cores_per_worker: Optional[int] = None, jobs: Optional[int] = None) -> list[Slot]:
+    """The slots of this machine.
+
+    GPUs (the `gpus` ids, default every visible one): `workers_per_gpu` slots per GPU, the
+    cores shared out among them. No GPU: one slot per `cores_per_worker` cores (default 1,
+    the fastest here: two 1-thread workers do ~1.4x the steps of one 2-thread process),
+    at most `workers`, at most one per 2 GiB of available memory, never more than `jobs`.
+    """
+    if workers_per_gpu < 1:
+        raise DreamlabError("hydra.launcher.workers_per_gpu must be >= 1 (for example "
+                            "hydra.launcher.workers_per_gpu=1)")
+    cores = available_cores()
+    found, pretend = visible_gpus()
+    if gpus is not None:
+        wanted = [str(g) for g in gpus]
+        missing = [g for g in wanted if g not in found]
+        if missing:
+            raise DreamlabError(f"hydra.launcher.gpus asks for GPU {','.join(missing)} but the visible "
+                                f"GPUs are [{','.join(found) or 'none'}]: pick from those, or "
+                                f"hydra.launcher.gpus=null for all of them")
+        found = wanted
+    if found:
+        ids = [g for g in found for _ in range(workers_per_gpu)]
+        if workers is not None:
+            ids = ids[:max(1, workers)]
+        if jobs is not None:
+            ids = ids[:max(1, jobs)]
+        share = max(1, len(cores) // len(ids))
+        return [Slot(i, gpu=g, cores=cores[(i * share) % len(cores):][:share] or cores[:share],
+                     pretend=pretend) for i, g in enumerate(ids)]
+    per = cores_per_worker or 1
+    if per < 1:
+        raise DreamlabError("hydra.launcher.cores_per_worker must be >= 1 or null")
+    count = max(1, len(cores) // per)
+    memory = _available_memory()
+    if memory is not None:
+        count = min(count, max(1, memory // WORKER_MEMORY_BYTES))
+    if workers is not None:  # the user's count wins, cores shared round-robin if it is more
+        count = max(1, workers)
+    if jobs is not None:
+        count = min(count, max(1, jobs))
+    return [Slot(i, cores=[cores[(i * per + k) % len(cores)] for k in range(per)]) for i in range(count)]
+
+
+def worker_env(slot: Slot) -> dict[str, str]:
+    """The environment a worker must start with: its GPU, or no GPU at all for a CPU slot
+    (so a CPU worker on a GPU machine does not grab every GPU's memory)."""
+    return {"CUDA_VISIBLE_DEVICES": slot.gpu if slot.gpu is not None else "",
+            SLOT_ENV: slot.to_json()}
+
+
+def enter(slot_json: str) -> None:
+    """Worker start-up (before TensorFlow): pin the process to its slot's cores."""
+    slot = Slot(**json.loads(slot_json))
+    if slot.cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, slot.cores)
+
+
+_configured: dict = {}
+
+
+def configure_tensorflow(threads: int, deterministic: bool = True) -> dict[str, str]:
+    """Size TensorFlow's pools for this process (once) and return the `env.*` tags of the slot.
+
+    intra-op: `threads` (the config key: it shapes the picture's bytes); inter-op: the cores
+    this process may use. A later job of the same process that asks another `threads` gets a
+    one-line error, because TensorFlow fixes its pools when it starts.
+    """
+    if _configured:
+        if _configured["threads"] != threads:
+            raise DreamlabError(
+                f"threads={threads} but this process already dreams with threads={_configured['threads']}: "
+                f"TensorFlow fixes its thread pools once per process, so sweep other keys and "
+                f"run each threads value as its own command")
+        return _configured["tags"]
+    import tensorflow as tf
+
+    cores = available_cores()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(len(cores))
+    except RuntimeError:  # TensorFlow already ran an op (a notebook, a test): keep its pools
+        pass
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:  # two workers may share a GPU; without growth the first one takes all its memory
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+    slot_json = os.environ.get(SLOT_ENV)
+    slot = Slot(**json.loads(slot_json)) if slot_json else None
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    device = slot.device if slot else (f"gpu:{os.environ.get('CUDA_VISIBLE_DEVICES', '0')}" if gpus
+                                       else "cpu:" + ",".join(map(str, cores)))
+    tags = {"env.device": device,
+            "env.threads": str(tf.config.threading.get_intra_op_parallelism_threads() or threads),
+            "env.inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads() or len(cores)),
+            "env.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+            "env.deterministic": str(deterministic).lower()}
+    _configured.update(threads=threads, tags=tags)
+    return tags

@@ -1,0 +1,145 @@
+"""`hydra/launcher=parallel`: a sweep's jobs on long-lived worker processes, one per device slot.
+
+Built on loky (the process pools behind joblib): one single-worker loky executor per slot
+(dreamlab.slots), each started with its slot's environment (`CUDA_VISIBLE_DEVICES` before
+TensorFlow starts) and pinned to its cores. A worker imports TensorFlow once and keeps its
+models and compiled steps for every job it gets, as the in-process launcher does. Jobs queue
+for the first free slot. A job whose worker dies (killed, out of memory) ends FAILED with the
+reason, in its job record and its MLflow run, and the slot gets a new worker; the other jobs
+go on.
+
+Hydra's joblib launcher cannot do this: all its workers share one environment, so it cannot
+give each its own GPU (Hydra issues #1331, #2757).
+"""
+
+
+import atexit
+import logging
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ParallelLauncherConf:
+    _target_: str = "hydra_plugins.dreamlab_launcher.parallel_launcher.ParallelLauncher"
+    # GPU ids to use (default: every visible GPU); a worker sees exactly one of them.
+    gpus: Optional[List[str]] = None
+    # Workers sharing each GPU (TensorFlow's memory growth is on, so they can).
+    workers_per_gpu: int = 1
+    # Number of workers (default: one per GPU slot, or on CPUs one per `cores_per_worker`
+    # cores, at most one per 2 GiB of available memory, at most one per job).
+    workers: Optional[int] = None
+    # CPU cores each worker is pinned to when there is no GPU (default 1: fastest here).
+    cores_per_worker: Optional[int] = None
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="parallel", node=ParallelLauncherConf,
+                             provider="dreamlab")
+
+
+def _execute(hydra_context: HydraContext, task_function: TaskFunction, sweep_config: DictConfig,
+             singleton_state: Any) -> JobReturn:
+    """In the worker: the same calls as Hydra's own launchers make for one job."""
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    HydraConfig.instance().set_config(sweep_config)
+    return run_job(hydra_context=hydra_context, task_function=task_function, config=sweep_config,
+                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+
+class ParallelLauncher(Launcher):
+    def __init__(self, gpus: Optional[Sequence] = None, workers_per_gpu: int = 1,
+                 workers: Optional[int] = None, cores_per_worker: Optional[int] = None) -> None:
+        self.options = dict(gpus=list(gpus) if gpus is not None else None,
+                            workers_per_gpu=workers_per_gpu, workers=workers,
+                            cores_per_worker=cores_per_worker)
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.task_function: Optional[TaskFunction] = None
+        self._executors: dict = {}  # slot index -> loky executor, kept across batches
+        self._slots: list = []
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def _executor(self, slot):
+        from loky import ProcessPoolExecutor
+
+        from dreamlab import slots
+
+        if slot.index not in self._executors:
+            self._executors[slot.index] = ProcessPoolExecutor(
+                max_workers=1, initializer=slots.enter, initargs=(slot.to_json(),),
+                env=slots.worker_env(slot))
+        return self._executors[slot.index]
+
+    def _shutdown(self) -> None:
+        for executor in self._executors.values():
+            executor.shutdown(wait=True)
+        self._executors.clear()
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from dreamlab import jobs, slots
+        from dreamlab.errors import DreamlabError
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        if not self._slots:
+            try:
+                self._slots = slots.plan(jobs=len(job_overrides), **self.options)
+            except DreamlabError as exc:
+                raise SystemExit(f"dreamlab: error: {exc}") from None
+            atexit.register(self._shutdown)
+        log.info("Launching %d jobs on %d workers: %s", len(job_overrides), len(self._slots),
+                 ", ".join(s.device for s in self._slots))
+
+        queue = list(enumerate(job_overrides, start=initial_job_idx))
+        free = list(self._slots)
+        running: dict = {}  # future -> (slot, job number, job dir)
+        results: dict[int, JobReturn] = {}
+        singleton_state = Singleton.get_state()
+        while queue or running:
+            while queue and free:
+                idx, overrides = queue.pop(0)
+                slot = free.pop(0)
+                log.info("\t#%d : %s  (%s)", idx, " ".join(filter_overrides(overrides)), slot.device)
+                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                with open_dict(sweep_config):
+                    sweep_config.hydra.job.id = idx
+                    sweep_config.hydra.job.num = idx
+                job_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+                future = self._executor(slot).submit(_execute, self.hydra_context, self.task_function,
+                                                     sweep_config, singleton_state)
+                running[future] = (slot, idx, job_dir, overrides)
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                slot, idx, job_dir, overrides = running.pop(future)
+                try:
+                    results[idx] = future.result()
+                except Exception as exc:  # the worker died: TerminatedWorkerError, BrokenProcessPool
+                    reason = f"the worker process on {slot.device} died during this job ({type(exc).__name__}: " \
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'})"
+                    log.error("job #%d: %s", idx, reason)
+                    jobs.crashed(job_dir, reason)
+                    self._executors.pop(slot.index).shutdown(wait=False, kill_workers=True)
+                    # COMPLETED for Hydra, which would abort the whole sweep on a FAILED return;
+                    # the failure is in the job record and the run, and the sweep exits non-zero.
+                    results[idx] = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
+                                             _return_value=None, working_dir=str(job_dir))
+                free.append(slot)
+        return [results[i] for i in sorted(results)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import config, images
+from . import config, images, slots
 from .errors import DreamlabError, first_line
 
 log = logging.getLogger("dreamlab")
@@ -23,7 +24,14 @@ log = logging.getLogger("dreamlab")
 # keeps `python -m dreamlab` working from any directory.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
+# conf/hydra/launcher/{submitit_slurm,ray}.yaml shadow the plugins' configs of the same name on
+# purpose, and Hydra 1.3 still types them with the plugins' schemas; its deprecation note
+# about that would be printed on every command that picks them.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
 OmegaConf.register_new_resolver("sample_image", lambda: str(images.SAMPLE), replace=True)
+# 1 where the launching machine has GPUs (or pretend ones), else 0: the Ray launcher's
+# num_gpus per job (conf/hydra/launcher/ray.yaml).
+OmegaConf.register_new_resolver("gpus_per_job", lambda: 1 if slots.visible_gpus()[0] else 0, replace=True)
 config.register()
 
 

@@ -36,7 +36,8 @@ def run(cfg: DictConfig) -> float:
     _freeze_long_lived()
     started = time.perf_counter()
     record = {"job": hc.job.num if hc.mode == RunMode.MULTIRUN else 0,
-              "overrides": " ".join(hc.overrides.task), "status": "FAILED", "error": None}
+              "overrides": " ".join(hc.overrides.task), "status": "FAILED", "error": None,
+              "host": socket.gethostname(), "pid": os.getpid()}
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tracker = None
     try:
@@ -52,8 +53,7 @@ def run(cfg: DictConfig) -> float:
         if cfg.mlflow.enabled:
             tracker = _start_run(cfg, resolved, hc, fp, env_tags)
             sweep.write_job_record(job_dir, {**record, "status": "RUNNING", "run_id": tracker.run_id,
-                                             "tracking_uri": cfg.mlflow.tracking_uri,
-                                             "host": socket.gethostname(), "pid": os.getpid()})
+                                             "tracking_uri": cfg.mlflow.tracking_uri})
         # Merged into the schema so that a job's own record (.hydra/config.yaml, composed
         # without the schema) is typed and validated the same way; every value is checked.
         conf: config.Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config.Config), cfg))

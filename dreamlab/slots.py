@@ -181,8 +181,13 @@ def configure_tensorflow(threads: int, deterministic: bool = True) -> dict[str, 
     slot_json = os.environ.get(SLOT_ENV)
     slot = Slot(**json.loads(slot_json)) if slot_json else None
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    device = slot.device if slot else (f"gpu:{os.environ.get('CUDA_VISIBLE_DEVICES', '0')}" if gpus
-                                       else "cpu:" + ",".join(map(str, cores)))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if slot is not None:
+        device = slot.device
+    elif visible and visible != "-1":  # a GPU given by SLURM or Ray
+        device = f"gpu:{visible}" + ("" if gpus else " (not found by TensorFlow)")
+    else:
+        device = "cpu:" + ",".join(map(str, cores))
     tags = {"env.device": device,
             "env.threads": str(tf.config.threading.get_intra_op_parallelism_threads() or threads),
             "env.inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads() or len(cores)),

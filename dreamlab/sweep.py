@@ -103,6 +103,16 @@ class MlflowSweep(Callback):
             raise SystemExit(1)
 
 
+def abort(config: DictConfig, reason: str) -> None:
+    """The sweep cannot start its jobs (a launcher refused its options): its parent run ends
+    FAILED with the reason instead of staying RUNNING."""
+    info = read_sweep_file(str(config.hydra.sweep.dir))
+    if info.get("parent_run_id"):
+        from . import tracking
+
+        tracking.end_run(tracking.client(config.mlflow.tracking_uri), info["parent_run_id"], reason)
+
+
 def job_values(record: dict, keys: list[str]) -> dict:
     """The swept keys' values of one job, from its command-line overrides."""
     pairs = dict(o.lstrip("+~").split("=", 1) for o in record["overrides"].split() if "=" in o)

@@ -103,6 +103,9 @@ class ParallelLauncher(Launcher):
             try:
                 self._slots = slots.plan(jobs=len(job_overrides), **self.options)
             except DreamlabError as exc:
+                from dreamlab import sweep
+
+                sweep.abort(self.config, str(exc))
                 raise SystemExit(f"dreamlab: error: {exc}") from None
             atexit.register(self._shutdown)
         log.info("Launching %d jobs on %d workers: %s", len(job_overrides), len(self._slots),

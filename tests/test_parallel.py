@@ -1,0 +1,215 @@
+"""hydra/launcher=parallel and the shared store: real worker processes, a real SQLite store.
+
+Pictures are 256 px where bytes are compared: below that, oneDNN does not split InceptionV3's
+max-pool gradients by thread and a thread-count mistake would go unseen.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import SHARED_WEIGHTS, run_cli, store_uri
+
+PARENT = "mlflow.parentRunId"
+pytestmark = pytest.mark.xdist_group("parallel")
+TINY = ["max_size=96", "steps=2", "backbone.weights=null", "progress=false"]
+
+
+def all_runs(uri):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("dreamlab")
+    return client, client.search_runs([exp.experiment_id], "", max_results=200)
+
+
+def children_of(runs):
+    return [r for r in runs if r.data.tags.get(PARENT)]
+
+
+def overlapping(a, b) -> bool:
+    return a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
+
+
+@pytest.fixture(scope="session")
+def grids(tmp_path_factory, square_photo):
+    """The literal 2x2 sweep at 256 px, in process and on the parallel launcher."""
+    work = tmp_path_factory.mktemp("grids")
+    uri = store_uri(work)
+    args = ["-m", "layers=mixed3,mixed5", "octaves=3,5", f"image={square_photo}", "max_size=256",
+            "steps=2", "backbone.weights=null", "progress=false", f"mlflow.tracking_uri={uri}"]
+    basic = run_cli(args + ["hydra.sweep.dir=basic", "resume=false"], cwd=work)
+    parallel = run_cli(args + ["hydra.sweep.dir=parallel", "resume=false", "hydra/launcher=parallel"], cwd=work)
+    return {"work": work, "uri": uri, "basic": basic, "parallel": parallel}
+
+
+def test_parallel_sweep_gives_the_in_process_pictures_byte_for_byte(grids):
+    assert grids["basic"].returncode == 0, grids["basic"].stderr[-2000:]
+    assert grids["parallel"].returncode == 0, grids["parallel"].stderr[-2000:]
+    for job in range(4):
+        a = (grids["work"] / "basic" / str(job) / "dream.png").read_bytes()
+        b = (grids["work"] / "parallel" / str(job) / "dream.png").read_bytes()
+        assert a == b, f"job {job} differs between launchers"
+
+
+def test_parallel_jobs_overlap_in_two_processes_and_record_their_slot(grids):
+    client, runs = all_runs(grids["uri"])
+    sweep_dir = str((grids["work"] / "parallel").resolve())
+    parent = next(r for r in runs if r.data.tags.get("dreamlab.role") == "sweep"
+                  and r.data.tags.get("dreamlab.sweep") == sweep_dir)
+    assert parent.info.status == "FINISHED"
+    kids = [r for r in runs if r.data.tags.get(PARENT) == parent.info.run_id]
+    assert len(kids) == 4 and all(r.info.status == "FINISHED" for r in kids)
+    assert {r.data.tags["env.device"] for r in kids} == {"cpu:0", "cpu:1"}
+    assert all(r.data.tags["env.threads"] == "1" and r.data.params["threads"] == "1" for r in kids)
+    assert any(overlapping(a, b) for a in kids for b in kids if a is not b)
+    pids = {json.loads((grids["work"] / "parallel" / str(j) / "job.json").read_text()).get("pid")
+            for j in range(4)}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_reproducing_a_parallel_run_in_process_is_byte_identical(grids):
+    client, runs = all_runs(grids["uri"])
+    run = next(r for r in children_of(runs) if r.data.tags["dreamlab.sweep"].endswith("parallel")
+               and r.data.params["octaves"] == "5")
+    proc = subprocess.run([sys.executable, "-m", "dreamlab.reproduce", run.info.run_id,
+                           "--tracking-uri", grids["uri"]], cwd=grids["work"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "byte-identical" in proc.stdout
+
+
+def test_the_threads_key_shapes_the_bytes_so_it_is_recorded(grids, square_photo):
+    """Why `threads` is a config key: with 2 intra-op threads the same job gives other bytes."""
+    work = grids["work"]
+    proc = run_cli(["layers=mixed3", "octaves=3", f"image={square_photo}", "max_size=256", "steps=2",
+                    "backbone.weights=null", "progress=false", "threads=2", "mlflow.enabled=false",
+                    "hydra.run.dir=two_threads"], cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one = (work / "basic" / "0" / "dream.png").read_bytes()
+    assert (work / "two_threads" / "dream.png").read_bytes() != one
+
+
+def test_pretend_gpus_run_two_at_a_time_each_pair_on_distinct_devices(tmp_path, square_photo):
+    uri = store_uri(tmp_path)
+    proc = run_cli(["-m", "layers=mixed3,mixed5", "octaves=1,2", f"image={square_photo}", *TINY,
+                    f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep", "hydra/launcher=parallel"],
+                   cwd=tmp_path, env_extra={"DREAMLAB_PRETEND_GPUS": "0,1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "on 2 workers: gpu:0 (pretend), gpu:1 (pretend)" in proc.stderr + proc.stdout
+    _, runs = all_runs(uri)
+    kids = children_of(runs)
+    assert len(kids) == 4
+    assert {r.data.tags["env.cuda_visible_devices"] for r in kids} == {"0", "1"}
+    for a in kids:
+        at_once = [b for b in kids if b is not a and overlapping(a, b)]
+        assert len(at_once) <= 1  # never more than 2 jobs at a time
+        for b in at_once:
+            assert a.data.tags["env.cuda_visible_devices"] != b.data.tags["env.cuda_visible_devices"]
+    assert any(overlapping(a, b) for a in kids for b in kids if a is not b)
+
+
+def test_a_killed_worker_fails_only_its_job_and_its_slot_comes_back(tmp_path, square_photo):
+    uri = store_uri(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # Job 0 is long (2000 steps); jobs 1-3 are short. Job 0's worker is killed while it dreams.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamlab", "-m", "steps=2000,2,3,4", "layers=mixed3", "octaves=1",
+         f"image={square_photo}", "max_size=96", "backbone.weights=null", "progress=false",
+         f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep", "hydra/launcher=parallel",
+         "hydra.launcher.workers=2"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    record = tmp_path / "sweep" / "0" / "job.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if record.is_file() and json.loads(record.read_text()).get("status") == "RUNNING":
+            break
+        time.sleep(0.2)
+    victim = json.loads(record.read_text())
+    time.sleep(1.0)  # into its dream loop
+    os.kill(victim["pid"], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1, stderr[-2000:]
+    assert "Traceback" not in stderr
+    client, runs = all_runs(uri)
+    by_steps = {r.data.params["steps"]: r for r in children_of(runs)}
+    assert set(by_steps) == {"2000", "2", "3", "4"}
+    killed = by_steps["2000"]
+    assert killed.info.status == "FAILED"
+    assert "worker process" in killed.data.tags["dreamlab.error"] and "died" in killed.data.tags["dreamlab.error"]
+    assert all(by_steps[s].info.status == "FINISHED" for s in ("2", "3", "4"))
+    assert json.loads(record.read_text())["status"] == "FAILED"
+    parent = next(r for r in runs if r.data.tags.get("dreamlab.role") == "sweep")
+    assert parent.info.status == "FAILED"
+    # The slot came back: a later job ran on the killed worker's device, in a new process.
+    device = killed.data.tags["env.device"]
+    later = [r for r in children_of(runs) if r.info.start_time > killed.info.end_time
+             and r.data.tags["env.device"] == device]
+    assert later, "no job ran on the killed worker's slot afterwards"
+
+
+def test_four_single_runs_started_at_once_on_a_fresh_store_all_finish(tmp_path, square_photo):
+    uri = store_uri(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    procs = [subprocess.Popen([sys.executable, "-m", "dreamlab", f"image={square_photo}", "layers=mixed3",
+                               "octaves=1", *TINY, f"seed={i}", f"mlflow.tracking_uri={uri}",
+                               f"hydra.run.dir=run{i}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(e[-1500:] for e in errors)
+    _, runs = all_runs(uri)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_two_sweeps_started_at_once_on_a_fresh_store_keep_their_parents(tmp_path, square_photo):
+    uri = store_uri(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    procs = [subprocess.Popen([sys.executable, "-m", "dreamlab", "-m", f"image={square_photo}",
+                               "layers=mixed3", "octaves=1", "seed=0,1", *TINY, f"mlflow.tracking_uri={uri}",
+                               f"hydra.sweep.dir=sweep{i}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-1500:] for e in errors)
+    _, runs = all_runs(uri)
+    parents = [r for r in runs if r.data.tags.get("dreamlab.role") == "sweep"]
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    for parent in parents:
+        kids = [r for r in runs if r.data.tags.get(PARENT) == parent.info.run_id]
+        assert len(kids) == 2 and all(r.info.status == "FINISHED" for r in kids)
+
+
+def test_eight_jobs_on_two_workers_lose_no_param_loss_point_or_picture(tmp_path, square_photo):
+    uri = store_uri(tmp_path)
+    proc = run_cli(["-m", "backbone=mobilenet_v2", f"backbone.weights={SHARED_WEIGHTS}",
+                    "layers=block_5_add,block_9_add", "octaves=1,2", "seed=0,1", f"image={square_photo}",
+                    "max_size=96", "steps=3", "progress=false", f"mlflow.tracking_uri={uri}",
+                    "hydra.sweep.dir=sweep", "hydra/launcher=parallel", "hydra.launcher.workers=2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client, runs = all_runs(uri)
+    kids = children_of(runs)
+    assert len(kids) == 8 and all(r.info.status == "FINISHED" for r in kids)
+    expected_params = set(kids[0].data.params)
+    assert len(expected_params) > 30
+    for run in kids:
+        assert set(run.data.params) == expected_params
+        octaves = int(run.data.params["octaves"])
+        losses = client.get_metric_history(run.info.run_id, "loss")
+        assert sorted(m.step for m in losses) == list(range(3 * octaves))
+        pictures = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+        assert len(pictures) == octaves
+        assert "dream.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_asking_for_a_gpu_that_is_not_there_is_one_line(tmp_path):
+    proc = run_cli(["-m", "seed=0,1", *TINY, "mlflow.enabled=false", "hydra/launcher=parallel",
+                    "hydra.launcher.gpus=[3]"], cwd=tmp_path, env_extra={"DREAMLAB_PRETEND_GPUS": "0,1"})
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "hydra.launcher.gpus asks for GPU 3 but the visible GPUs are [0,1]" in proc.stderr

@@ -5,7 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: dream test bench ui clean
+HOST ?= 127.0.0.1
+PORT ?= 5000
+# Debian packages the tests start for real: chromium (MLflow UI), SLURM + munge, PostgreSQL.
+APT_TEST := chromium slurm-wlm munge postgresql
+
+.PHONY: dream test bench ui server clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +27,15 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 dream: $(VENV)/.installed
 	$(PY) -m dreamlab $(ARGS)
 
+$(VENV)/.installed-server: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[server]'
+	touch $@ $(VENV)/.installed
+
 test: $(VENV)/.installed-test
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
-		|| echo "note: Debian's chromium could not be installed; the MLflow UI test will say it is skipped"
+	@command -v chromium >/dev/null 2>&1 && command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 \
+		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TEST)) >/dev/null 2>&1 \
+		|| echo "note: could not apt-get install $(APT_TEST); the tests that need them say why they fail or skip"
 	$(PY) -m pytest $(ARGS)
 
 # Timings of this machine: a table on the console and outputs/bench/bench.{csv,json}.
@@ -33,6 +44,14 @@ bench: $(VENV)/.installed
 
 ui: $(VENV)/.installed
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db
+
+# The team's MLflow server (dreamlab/server.py): PostgreSQL (DATABASE_URL, else a cluster under
+# outputs/server), served artifacts, basic auth; HOST=0.0.0.0 to open it to the network.
+server: $(VENV)/.installed-server
+	@[ -n "$$DATABASE_URL" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1 \
+		|| echo "note: could not apt-get install postgresql; set DATABASE_URL to an existing database"
+	$(PY) -m dreamlab.server --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf outputs

@@ -1,6 +1,7 @@
 """The usual DeepDream script: one picture per process, as the references are run.
 
     python benchmarks/baseline.py OUT.png --layers mixed3 --octaves 3 [--steps 10] [--max-size 256]
+                                  [--structure keras|tutorial]
 
 It follows the Keras example (keras-io examples/generative/deep_dream.py) top to bottom:
 build the model, build a feature extractor, a `@tf.function` gradient-ascent step without an
@@ -12,7 +13,12 @@ The arithmetic is dreamlab's default recipe (google: 0.5*sum(a^2) per layer, gra
 divided by its mean absolute value, a random roll of up to 32 px before each step, the
 dreamt detail carried up the octaves, clipping), on InceptionV3 with random weights drawn
 from the same seed, so that both sides of `make bench` do the same work. It logs nothing:
-the comparison favours the baseline.
+the comparison favours the baseline. Like dreamlab's default (`threads=1`), it runs each op
+on one intra-op thread, so that the pictures of both sides can be compared byte for byte.
+
+--structure tutorial is the strongest one-script peer, the TensorFlow tutorial's structure:
+the step is a tf.function with an unknown-size input signature, traced once for every
+octave size; still one process per picture.
 """
 
 import argparse
@@ -37,7 +43,9 @@ parser.add_argument("--steps", type=int, default=10)
 parser.add_argument("--step-size", type=float, default=1.5 / 127.5)
 parser.add_argument("--jitter", type=int, default=32)
 parser.add_argument("--max-size", type=int, default=256)
+parser.add_argument("--structure", choices=("keras", "tutorial"), default="keras")
 args = parser.parse_args()
+tf.config.threading.set_intra_op_parallelism_threads(1)
 
 # The picture, in [-1, 1].
 with Image.open(args.image) as im:
@@ -58,7 +66,6 @@ def compute_loss(image):
     return tf.add_n([0.5 * tf.reduce_sum(tf.square(a)) for a in features])
 
 
-@tf.function
 def gradient_ascent_step(image, roll, step_size):
     image = tf.roll(image, roll, axis=[0, 1])
     with tf.GradientTape() as tape:
@@ -68,6 +75,13 @@ def gradient_ascent_step(image, roll, step_size):
     image = tf.roll(image, -roll, axis=[0, 1])
     image = image + step_size / tf.maximum(tf.reduce_mean(tf.abs(grads)), 1e-6) * grads
     return loss, tf.clip_by_value(image, -1.0, 1.0)
+
+
+if args.structure == "tutorial":  # traced once for all sizes
+    gradient_ascent_step = tf.function(gradient_ascent_step, input_signature=[
+        tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)])
+else:  # the Keras example: traced again for every new size
+    gradient_ascent_step = tf.function(gradient_ascent_step)
 
 
 rng = np.random.default_rng(0)

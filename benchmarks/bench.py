@@ -17,6 +17,11 @@ Sections (all by default, about 6 minutes on a 2-core CPU):
              multirun logging to MLflow
   scaling    512..4096 px with the default tile: s/step, peak RSS, us per pixel-step, each
              size in a fresh process (benchmarks/scaling.py)
+  launchers  the 2x2 sweep (256 px, 10 steps) and an 8-job grid (512 px) in process against
+             hydra/launcher=parallel, pictures checked identical; the strongest one-script
+             peer (the tutorial's structure, one process per picture) on the 2x2 grid; the
+             per-job overhead of each launcher (in process, parallel, Ray, SLURM) on an
+             8-job grid of tiny dreams
   goals      each goal of the performance issue, met or missed, from the rows above
 
 Prints one table and writes it to outputs/bench/bench.{csv,json}; a section's rows replace
@@ -42,7 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "bench"
 LAYERS = ("mixed3", "mixed5")
-SECTIONS = ("machine", "matmul", "step", "precision", "overhead", "sweep", "scaling", "goals")
+SECTIONS = ("machine", "matmul", "step", "precision", "overhead", "sweep", "scaling", "launchers", "goals")
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -328,6 +333,75 @@ def scaling() -> list[dict]:
     return rows
 
 
+# --- launchers -------------------------------------------------------------------------------
+
+def _multirun(work: Path, name: str, args: list[str], env: dict) -> float:
+    return run_quiet([sys.executable, "-m", "dreamlab", "-m", *args, "backbone.weights=null", "progress=false",
+                      "resume=false", f"hydra.sweep.dir={work / name}"], env=env)
+
+
+def _identical(a: Path, b: Path, jobs: int) -> bool:
+    return all((a / str(j) / "dream.png").read_bytes() == (b / str(j) / "dream.png").read_bytes()
+               for j in range(jobs))
+
+
+def launchers() -> list[dict]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from clusters import ClusterError, slurm
+
+    work = OUT / "launchers"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    uri = f"sqlite:///{work}/mlflow.db"
+    run_quiet([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient('{uri}').search_experiments()"])
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, RAY_USAGE_STATS_ENABLED="0")
+    rows = []
+    grids = {"2x2 sweep, 256 px, 10 steps": ([f"layers={','.join(LAYERS)}", "octaves=3,5", "max_size=256",
+                                               "steps=10"], 4),
+             "8-job grid, 512 px, 10 steps": ([f"layers={','.join(LAYERS)}", "octaves=3,4", "seed=0,1",
+                                                "max_size=512", "steps=10"], 8)}
+    for i, (what, (args, jobs)) in enumerate(grids.items()):
+        basic = _multirun(work, f"basic{i}", args, env)
+        parallel = _multirun(work, f"parallel{i}", args + ["hydra/launcher=parallel"], env)
+        same = _identical(work / f"basic{i}", work / f"parallel{i}", jobs)
+        rows += [row("launchers", f"{what}: in process", round(basic, 1), "s"),
+                 row("launchers", f"{what}: hydra/launcher=parallel", round(parallel, 1), "s",
+                     "2 workers of 1 core" if os.cpu_count() == 2 else ""),
+                 row("launchers", f"{what}: parallel speed-up", round(basic / parallel, 2), "x",
+                     "pictures byte-identical" if same else "PICTURES DIFFER")]
+    # The strongest one-script peer on the 2x2 grid: traced once per process, one process each.
+    (work / "tutorial").mkdir()
+    peer = sum(run_quiet([sys.executable, "benchmarks/baseline.py", str(work / "tutorial" / f"{layers}_{octaves}.png"),
+                          "--structure", "tutorial", "--layers", layers, "--octaves", str(octaves),
+                          "--steps", "10", "--max-size", "256"]) for layers, octaves in GRID)
+    same = all((work / "tutorial" / f"{layers}_{octaves}.png").read_bytes()
+               == (work / "basic0" / str(j) / "dream.png").read_bytes() for j, (layers, octaves) in enumerate(GRID))
+    basic = next(r["value"] for r in rows if r["measure"].endswith("256 px, 10 steps: in process"))
+    parallel = next(r["value"] for r in rows if r["measure"].endswith("256 px, 10 steps: hydra/launcher=parallel"))
+    rows += [row("launchers", "2x2 sweep: tutorial-structure script, 4 processes", round(peer, 1), "s",
+                 "pictures byte-identical to dreamlab's" if same else "pictures differ from dreamlab's"),
+             row("launchers", "2x2 sweep: in process vs tutorial-structure script", round(peer / basic, 2), "x"),
+             row("launchers", "2x2 sweep: parallel vs tutorial-structure script", round(peer / parallel, 2), "x")]
+    # Per-job overhead: 8 dreams so small (64 px, 1 step) that the wall time is the launcher's.
+    tiny = ["layers=mixed3", "octaves=1", "max_size=64", "steps=1", "seed=0,1,2,3,4,5,6,7"]
+    launch = {"in process": [], "parallel": ["hydra/launcher=parallel"],
+              "Ray (local cluster)": ["hydra/launcher=ray", "+hydra.launcher.ray.init.include_dashboard=false"],
+              "SLURM (single node)": ["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=null"]}
+    for name, extra in launch.items():
+        try:
+            if name.startswith("SLURM"):
+                with slurm(work / "slurm") as slurm_env:
+                    wall = _multirun(work, "tiny_slurm", tiny + extra, {**env, **slurm_env})
+            else:
+                wall = _multirun(work, f"tiny_{extra[0].split('=')[-1] if extra else 'basic'}", tiny + extra, env)
+        except (ClusterError, SystemExit) as exc:
+            rows.append(row("launchers", f"per-job overhead: {name}", "n/a", "", str(exc).splitlines()[0][:120]))
+            continue
+        rows.append(row("launchers", f"per-job overhead: {name}", round(wall / 8, 2), "s",
+                        f"8 dreams of 64 px x 1 step in {wall:.1f} s, start-up included"))
+    return rows
+
+
 # --- goals ---------------------------------------------------------------------------------
 
 def goals(value) -> list[dict]:
@@ -394,6 +468,7 @@ def main() -> None:
     section("overhead", overhead, value("512 px float32", 500.0))
     section("sweep", sweep)
     section("scaling", scaling)
+    section("launchers", launchers)
     if "goals" in wanted:
         rows[:] = [r for r in rows if r["section"] != "goals"] + goals(value)
     rows.sort(key=lambda r: SECTIONS.index(r["section"]))

@@ -193,5 +193,7 @@ def configure_tensorflow(threads: int, deterministic: bool = True) -> dict[str, 
             "env.inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads() or len(cores)),
             "env.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
             "env.deterministic": str(deterministic).lower()}
+    if os.environ.get("SLURM_JOB_ID"):  # which SLURM job did it, for sacct and the logs
+        tags["env.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     _configured.update(threads=threads, tags=tags)
     return tags

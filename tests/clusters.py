@@ -1,8 +1,8 @@
-"""Private, throw-away servers for the scale-out tests: a single-node SLURM (munge, slurmctld,
-slurmd on 127.0.0.1) and a PostgreSQL cluster, each with its own files in a temporary folder.
+"""A private, throw-away single-node SLURM cluster for the scale-out tests (munge on its own
+socket, slurmctld and slurmd on 127.0.0.1), with its own files in a temporary folder.
 
-Each starter yields only once its server answers, within a bounded wait, and stops exactly
-the processes it started. When a server cannot start, the error says why (missing package,
+It yields only once the node is idle, within a bounded wait, and stops exactly
+the processes it started. When SLURM cannot start, the error says why (missing package,
 the daemon's last log lines).
 """
 
@@ -126,41 +126,17 @@ def slurm(directory: Path):
         wait_until(idle, 60, "slurmctld and slurmd", directory / "slurmd.log")
         yield {"SLURM_CONF": str(conf)}
     finally:
+        if len(procs) == 3:
+            # A job may still be exiting when its result is in: let SLURM finish it, or its
+            # step daemon would outlive slurmd. scancel with our SLURM_CONF reaches only ours.
+            subprocess.run(["scancel", "--user", str(os.geteuid())], env=env, capture_output=True, timeout=30)
+
+            def drained() -> bool:
+                out = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True, timeout=10)
+                return out.returncode != 0 or not out.stdout.strip()
+
+            try:
+                wait_until(drained, 60, "the SLURM queue to drain")
+            except ClusterError:
+                pass
         _stop(procs)
-
-
-def _pg_bin(name: str) -> str:
-    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (root / name).is_file():
-            return str(root / name)
-    return shutil.which(name) or name
-
-
-@contextlib.contextmanager
-def postgres(directory: Path):
-    """A PostgreSQL cluster on 127.0.0.1 (a free port); yields its SQLAlchemy URL. Run as the
-    `postgres` user when this process is root (initdb refuses root)."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if _missing(initdb, pg_ctl):
-        raise ClusterError("PostgreSQL cannot start: initdb/pg_ctl not installed (apt-get install postgresql)")
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        as_user = ["runuser", "-u", "postgres", "--"]
-    directory.mkdir(parents=True, exist_ok=True)
-    data = directory / "pgdata"
-    if as_user:
-        shutil.chown(directory, "postgres")
-    port = free_port()
-    subprocess.run(as_user + [initdb, "-D", str(data), "-U", "dreamlab", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True, timeout=120)
-    log = directory / "postgres.log"
-    subprocess.run(as_user + [pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-                              f"-c listen_addresses=127.0.0.1 -p {port} -k {directory}", "start"],
-                   check=True, capture_output=True, timeout=90)
-    try:
-        subprocess.run(as_user + [_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dreamlab",
-                                  "mlflow"], check=True, capture_output=True, timeout=60)
-        yield f"postgresql://dreamlab@127.0.0.1:{port}/mlflow"
-    finally:
-        subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, timeout=60)

@@ -390,7 +390,7 @@ def launchers() -> list[dict]:
     for name, extra in launch.items():
         try:
             if name.startswith("SLURM"):
-                with slurm(work / "slurm") as slurm_env:
+                with slurm() as slurm_env:
                     wall = _multirun(work, "tiny_slurm", tiny + extra, {**env, **slurm_env})
             else:
                 wall = _multirun(work, f"tiny_{extra[0].split('=')[-1] if extra else 'basic'}", tiny + extra, env)

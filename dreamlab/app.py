@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import config, images, slots
-from .errors import DreamlabError, first_line
+from .errors import DreamlabError
 
 log = logging.getLogger("dreamlab")
 # conf/ sits beside the package in the source tree (installed editable); an absolute path

@@ -138,7 +138,9 @@ def worker_env(slot: Slot) -> dict[str, str]:
     """The environment a worker must start with: its GPU, or no GPU at all for a CPU slot
     (so a CPU worker on a GPU machine does not grab every GPU's memory)."""
     return {"CUDA_VISIBLE_DEVICES": slot.gpu if slot.gpu is not None else "",
-            SLOT_ENV: slot.to_json()}
+            SLOT_ENV: slot.to_json(),
+            # tqdm reads TQDM_* defaults: each worker's progress bar keeps its own line.
+            "TQDM_POSITION": str(slot.index)}
 
 
 def enter(slot_json: str) -> None:

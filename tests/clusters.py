@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,8 +89,13 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
 
 
 @contextlib.contextmanager
-def slurm(directory: Path):
-    """A single-node SLURM cluster; yields the environment (SLURM_CONF) that sbatch needs."""
+def slurm(directory: Path | None = None):
+    """A single-node SLURM cluster; yields the environment (SLURM_CONF) that sbatch needs.
+    Its files go to a short new folder in /tmp by default: slurmd's step sockets must fit
+    in 108 bytes, which pytest's per-worker folders exceed."""
+    own = directory is None
+    if own:
+        directory = Path(tempfile.mkdtemp(prefix="dl-slurm-"))
     missing = _missing("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
     if missing:
         raise ClusterError(f"SLURM cannot start: {', '.join(missing)} not installed "
@@ -124,6 +130,14 @@ def slurm(directory: Path):
             return out.stdout.strip() == "idle"
 
         wait_until(idle, 60, "slurmctld and slurmd", directory / "slurmd.log")
+        try:  # a job must start, not only be accepted (a held job would hang a sweep)
+            probe = subprocess.run(["srun", "-N1", "true"], env=env, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"SLURM accepts jobs but does not start them; slurmd log: "
+                               f"{_tail(directory / 'slurmd.log')}") from None
+        if probe.returncode != 0:
+            raise ClusterError(f"srun failed ({probe.stderr.strip()[:300]}); slurmd log: "
+                               f"{_tail(directory / 'slurmd.log')}")
         yield {"SLURM_CONF": str(conf)}
     finally:
         if len(procs) == 3:
@@ -140,3 +154,5 @@ def slurm(directory: Path):
             except ClusterError:
                 pass
         _stop(procs)
+        if own:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -36,18 +36,14 @@ def sweep_runs(uri, sweep_dir: Path):
 
 
 def test_slurm_sweep_gives_four_finished_children_under_one_parent(tmp_path, square_photo):
+    uri = store_uri(tmp_path)
     try:
-        cluster = slurm(tmp_path / "slurm")
-        env = cluster.__enter__()
+        with slurm() as env:
+            proc = run_cli(GRID + [f"image={square_photo}", f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep",
+                                   "hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=null",
+                                   "hydra.launcher.timeout_min=10"], cwd=tmp_path, env_extra=env, timeout=420)
     except ClusterError as exc:
         pytest.fail(str(exc))
-    try:
-        uri = store_uri(tmp_path)
-        proc = run_cli(GRID + [f"image={square_photo}", f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep",
-                               "hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=null",
-                               "hydra.launcher.timeout_min=15"], cwd=tmp_path, env_extra=env)
-    finally:
-        cluster.__exit__(None, None, None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     parent, children = sweep_runs(uri, tmp_path / "sweep")
     assert parent.info.status == "FINISHED"

@@ -2,8 +2,8 @@
 
 No fluent "active run" state: a sweep's parent run is created in the launching process and
 each job, in whatever process or machine it runs, attaches its child run to it through
-`mlflow.parentRunId`. Metrics are written once per octave in one batch, asynchronously, so
-logging never waits inside the dream loop.
+`mlflow.parentRunId`. Metrics are written once per octave in one batch, with the octave's
+picture, on the run's own writer thread, so logging never waits inside the dream loop.
 """
 
 from __future__ import annotations
@@ -191,6 +191,7 @@ class JobRun:
         exp = experiment_id(self.client, experiment, tracking_uri)
         self.run_id = retry(lambda: self.client.create_run(exp, run_name=run_name, tags=dict(tags))).info.run_id
         self._pending = []
+        self._writer = None
         self._step = 0
         items = [Param(k, v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), _PARAM_BATCH):
@@ -208,14 +209,24 @@ class JobRun:
             metrics.append(Metric("octave", float(octave), now, self._step))
             self._step += 1
         for i in range(0, len(metrics), _BATCH):
-            self._pending.append(self.client.log_batch(
-                self.run_id, metrics=metrics[i:i + _BATCH], synchronous=False))
+            self._later(self.client.log_batch, self.run_id, metrics=metrics[i:i + _BATCH])
         if image is not None:
             self.log_image(image, "octave", octave)
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
-        self._pending.append(self.client.log_image(
-            self.run_id, image, key=key, step=step, synchronous=False))
+        self._later(self.client.log_image, self.run_id, image, key=key, step=step)
+
+    def _later(self, log, *args, **kwargs) -> None:
+        """log(...) on the run's own writer thread, retried while the store is locked.
+
+        Not MLflow's `synchronous=False`: its queue belongs to the store, which every
+        set_terminated shuts down and joins (0.78 s per job here, more than a whole
+        octave's writes take), so each job would pay that at its end."""
+        if self._writer is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dreamlab-mlflow")
+        self._pending.append(self._writer.submit(retry, lambda: log(*args, **kwargs)))
 
     def log_artifact(self, path: str, folder: Optional[str] = None) -> None:
         self.client.log_artifact(self.run_id, path, folder)
@@ -228,13 +239,17 @@ class JobRun:
             retry(lambda: self.client.set_tag(self.run_id, k, v))
 
     def end(self, error: Optional[str] = None) -> None:
-        self._wait()
+        try:
+            self._wait()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
         end_run(self.client, self.run_id, error)
 
     def _wait(self) -> None:
-        for op in self._pending:
-            if op is not None:
-                retry(op.wait)
+        for write in self._pending:
+            write.result()
         self._pending.clear()
 
 

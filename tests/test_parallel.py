@@ -172,7 +172,8 @@ def test_two_sweeps_started_at_once_on_a_fresh_store_keep_their_parents(tmp_path
     uri = store_uri(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     procs = [subprocess.Popen([sys.executable, "-m", "dreamlab", "-m", f"image={square_photo}",
-                               "layers=mixed3", "octaves=1", "seed=0,1", *TINY, f"mlflow.tracking_uri={uri}",
+                               "layers=mixed3", "octaves=1", f"seed={2 * i},{2 * i + 1}", *TINY,
+                               f"mlflow.tracking_uri={uri}",
                                f"hydra.sweep.dir=sweep{i}"], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for i in range(2)]

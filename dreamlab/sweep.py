@@ -68,6 +68,7 @@ class MlflowSweep(Callback):
             client.log_param(run_id, "command", "python -m dreamlab " + " ".join(sys.argv[1:]))
             client.log_param(run_id, "swept", " ".join(swept))
             client.log_param(run_id, "sweep", name or "command line")
+            client.log_param(run_id, "launcher", hydra_cfg.runtime.choices.get("hydra/launcher", "basic"))
             info.update(parent_run_id=run_id, experiment_id=exp)
             os.environ[PARENT_ENV] = run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,7 @@ def test_parallel_jobs_overlap_in_two_processes_and_record_their_slot(grids):
     sweep_dir = str((grids["work"] / "parallel").resolve())
     parent = next(r for r in runs if r.data.tags.get("dreamlab.role") == "sweep"
                   and r.data.tags.get("dreamlab.sweep") == sweep_dir)
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.params["launcher"] == "parallel"
     kids = [r for r in runs if r.data.tags.get(PARENT) == parent.info.run_id]
     assert len(kids) == 4 and all(r.info.status == "FINISHED" for r in kids)
     assert {r.data.tags["env.device"] for r in kids} == {"cpu:0", "cpu:1"}

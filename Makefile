@@ -51,7 +51,7 @@ server: $(VENV)/.installed-server
 	@[ -n "$$DATABASE_URL" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1 \
 		|| echo "note: could not apt-get install postgresql; set DATABASE_URL to an existing database"
-	$(PY) -m dreamlab.server --host $(HOST) --port $(PORT)
+	$(PY) -m dreamlab.server --host $(HOST) --port $(PORT) $(ARGS)
 
 clean:
 	rm -rf outputs

@@ -57,8 +57,13 @@ def _set_determinism(on: bool) -> None:
     tf = _tf()
     if on:
         tf.config.experimental.enable_op_determinism()
-    else:
-        tf.config.experimental.disable_op_determinism()
+        return
+    # TensorFlow exports only the switch on; the switch off and the state, beside it (the
+    # same flag), live in tf.python (TensorFlow 2.21).
+    from tensorflow.python.framework import config as tf_config
+
+    if tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()
 
 
 def _refused(exc: BaseException) -> DreamlabError:

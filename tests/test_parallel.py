@@ -99,14 +99,16 @@ def test_the_threads_key_shapes_the_bytes_so_it_is_recorded(grids, square_photo)
 def test_pretend_gpus_run_two_at_a_time_each_pair_on_distinct_devices(tmp_path, square_photo):
     uri = store_uri(tmp_path)
     proc = run_cli(["-m", "layers=mixed3,mixed5", "octaves=1,2", f"image={square_photo}", *TINY,
-                    f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep", "hydra/launcher=parallel"],
-                   cwd=tmp_path, env_extra={"DREAMLAB_PRETEND_GPUS": "0,1"})
+                    "deterministic=false", f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep",
+                    "hydra/launcher=parallel"], cwd=tmp_path, env_extra={"DREAMLAB_PRETEND_GPUS": "0,1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "on 2 workers: gpu:0 (pretend), gpu:1 (pretend)" in proc.stderr + proc.stdout
     _, runs = all_runs(uri)
     kids = children_of(runs)
     assert len(kids) == 4
     assert {r.data.tags["env.cuda_visible_devices"] for r in kids} == {"0", "1"}
+    assert all(r.data.params["deterministic"] == "False" and r.data.tags["env.deterministic"] == "false"
+               for r in kids)
     for a in kids:  # never more than 2 jobs at a time: at each start, at most 2 runs are running
         assert sum(b.info.start_time <= a.info.start_time < b.info.end_time for b in kids) <= 2
         for b in kids:

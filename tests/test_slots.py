@@ -1,0 +1,42 @@
+"""The slot plan of hydra/launcher=parallel: which GPU or cores each worker gets."""
+
+import pytest
+
+from dreamlab import slots
+from dreamlab.errors import DreamlabError
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    monkeypatch.setenv(slots.PRETEND_GPUS_ENV, "0,1")
+
+
+def test_one_worker_per_gpu_each_seeing_only_its_own(two_gpus):
+    plan = slots.plan()
+    assert [s.gpu for s in plan] == ["0", "1"]
+    assert [slots.worker_env(s)["CUDA_VISIBLE_DEVICES"] for s in plan] == ["0", "1"]
+    assert [s.device for s in plan] == ["gpu:0 (pretend)", "gpu:1 (pretend)"]
+
+
+def test_workers_per_gpu_and_picked_gpus(two_gpus):
+    assert [s.gpu for s in slots.plan(workers_per_gpu=2)] == ["0", "0", "1", "1"]
+    assert [s.gpu for s in slots.plan(gpus=[1])] == ["1"]
+    assert len(slots.plan(jobs=1)) == 1  # never more workers than jobs
+
+
+def test_a_gpu_that_is_not_visible_is_refused_in_one_line(two_gpus):
+    with pytest.raises(DreamlabError, match=r"asks for GPU 7 but the visible GPUs are \[0,1\]"):
+        slots.plan(gpus=[7])
+
+
+def test_without_gpus_one_worker_per_core_pinned_to_it(monkeypatch):
+    monkeypatch.delenv(slots.PRETEND_GPUS_ENV, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    cores = slots.available_cores()
+    plan = slots.plan()
+    assert len(plan) == min(len(cores), max(1, slots._available_memory() // slots.WORKER_MEMORY_BYTES))
+    assert all(len(s.cores) == 1 and s.gpu is None for s in plan)
+    assert len({s.cores[0] for s in plan}) == len(plan)  # distinct cores
+    assert all(slots.worker_env(s)["CUDA_VISIBLE_DEVICES"] == "" for s in plan)
+    assert len(slots.plan(cores_per_worker=len(cores))) == 1
+    assert len(slots.plan(workers=3)) == 3  # the user's count wins

@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from . import backbones
-from .errors import DreamlabError
+from .errors import DreamlabError, first_line
 from .objective import Objective, parse_layers
 from .settings import DreamSettings
 
@@ -67,8 +67,7 @@ def _set_determinism(on: bool) -> None:
 
 
 def _refused(exc: BaseException) -> DreamlabError:
-    op = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return DreamlabError(f"this device has no deterministic kernel for an op of the dream ({op}): "
+    return DreamlabError(f"this device has no deterministic kernel for an op of the dream ({first_line(exc)}): "
                          f"set deterministic=false to run it, with pictures that may then differ "
                          f"from run to run in their last bits")
 

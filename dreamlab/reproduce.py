@@ -23,9 +23,6 @@ from . import images
 from .errors import DreamlabError, first_line
 
 
-_PLACE_TAGS = ("env.device", "env.inter_op_threads", "env.cuda_visible_devices")
-
-
 def _download_checked(client, run, folder: str, sha_tag: str, into: Path) -> str | None:
     """The run's logged file in `folder` (input/ or guide/), verified by its SHA-256 tag."""
     files = [a.path for a in client.list_artifacts(run.info.run_id, folder)]
@@ -81,10 +78,9 @@ def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/rep
     original = Path(client.download_artifacts(run_id, "dream.png", str(fetched)))
     report = compare(original, job_dir / "dream.png")
     report["run_id"] = tracker.run_id
-    # Where a job ran (device, inter-op threads, CUDA_VISIBLE_DEVICES) does not shape the
-    # picture; what does is compared.
+    # Where a job ran does not shape the picture; what does is compared.
     report["environment"] = {k: (run.data.tags.get(k, "?"), v) for k, v in tags.items()
-                             if k.startswith("env.") and k not in _PLACE_TAGS
+                             if k.startswith("env.") and k not in slots.PLACE_TAGS
                              and run.data.tags.get(k, "?") != v}
     client.set_tag(tracker.run_id, "dreamlab.identical", str(report["identical"]).lower())
     if not report["identical"]:

@@ -118,11 +118,10 @@ def plan(gpus: Optional[Sequence] = None, workers_per_gpu: int = 1, workers: Opt
         if jobs is not None:
             ids = ids[:max(1, jobs)]
         share = max(1, len(cores) // len(ids))
-        return [Slot(i, gpu=g, cores=cores[(i * share) % len(cores):][:share] or cores[:share],
-                     pretend=pretend) for i, g in enumerate(ids)]
-    per = cores_per_worker or 1
-    if per < 1:
+        return [Slot(i, gpu=g, cores=_cores_of(i, share, cores), pretend=pretend) for i, g in enumerate(ids)]
+    if cores_per_worker is not None and cores_per_worker < 1:
         raise DreamlabError("hydra.launcher.cores_per_worker must be >= 1 or null")
+    per = cores_per_worker or 1
     count = max(1, len(cores) // per)
     memory = _available_memory()
     if memory is not None:
@@ -131,7 +130,12 @@ def plan(gpus: Optional[Sequence] = None, workers_per_gpu: int = 1, workers: Opt
         count = max(1, workers)
     if jobs is not None:
         count = min(count, max(1, jobs))
-    return [Slot(i, cores=[cores[(i * per + k) % len(cores)] for k in range(per)]) for i in range(count)]
+    return [Slot(i, cores=_cores_of(i, per, cores)) for i in range(count)]
+
+
+def _cores_of(i: int, per: int, cores: list[int]) -> list[int]:
+    """Worker i's `per` cores, round-robin when there are more workers than cores."""
+    return [cores[(i * per + k) % len(cores)] for k in range(per)]
 
 
 def worker_env(slot: Slot) -> dict[str, str]:
@@ -151,6 +155,8 @@ def enter(slot_json: str) -> None:
 
 
 _configured: dict = {}
+# The tags that say where a job ran, not what shapes its picture (reproduce compares the rest).
+PLACE_TAGS = ("env.device", "env.inter_op_threads", "env.cuda_visible_devices", "env.slurm_job_id")
 
 
 def configure_tensorflow(threads: int, deterministic: bool = True) -> dict[str, str]:
@@ -166,7 +172,7 @@ def configure_tensorflow(threads: int, deterministic: bool = True) -> dict[str, 
                 f"threads={threads} but this process already dreams with threads={_configured['threads']}: "
                 f"TensorFlow fixes its thread pools once per process, so sweep other keys and "
                 f"run each threads value as its own command")
-        return _configured["tags"]
+        return {**_configured["tags"], "env.deterministic": str(deterministic).lower()}
     import tensorflow as tf
 
     cores = available_cores()
@@ -175,14 +181,14 @@ def configure_tensorflow(threads: int, deterministic: bool = True) -> dict[str, 
         tf.config.threading.set_inter_op_parallelism_threads(len(cores))
     except RuntimeError:  # TensorFlow already ran an op (a notebook, a test): keep its pools
         pass
-    for gpu in tf.config.list_physical_devices("GPU"):
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
         try:  # two workers may share a GPU; without growth the first one takes all its memory
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass
     slot_json = os.environ.get(SLOT_ENV)
     slot = Slot(**json.loads(slot_json)) if slot_json else None
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     if slot is not None:
         device = slot.device
@@ -193,9 +199,9 @@ def configure_tensorflow(threads: int, deterministic: bool = True) -> dict[str, 
     tags = {"env.device": device,
             "env.threads": str(tf.config.threading.get_intra_op_parallelism_threads() or threads),
             "env.inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads() or len(cores)),
-            "env.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
-            "env.deterministic": str(deterministic).lower()}
+            "env.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")}
     if os.environ.get("SLURM_JOB_ID"):  # which SLURM job did it, for sacct and the logs
         tags["env.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     _configured.update(threads=threads, tags=tags)
-    return tags
+    # Per job, not cached: each dream sets op determinism anew (engine._set_determinism).
+    return {**tags, "env.deterministic": str(deterministic).lower()}

@@ -15,6 +15,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from .errors import first_line
+
 # No per-file download bars in job logs (resume and reproduce download artifacts).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -241,11 +243,14 @@ class JobRun:
     def end(self, error: Optional[str] = None) -> None:
         try:
             self._wait()
+        except Exception as exc:  # a write that failed for good still ends the run, FAILED
+            error = error or f"logging to MLflow failed: {first_line(exc)}"
+            raise
         finally:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
                 self._writer = None
-        end_run(self.client, self.run_id, error)
+            end_run(self.client, self.run_id, error)
 
     def _wait(self) -> None:
         for write in self._pending:

@@ -93,7 +93,7 @@ class ParallelLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from dreamlab import jobs, slots
-        from dreamlab.errors import DreamlabError
+        from dreamlab.errors import DreamlabError, first_line
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
@@ -135,8 +135,8 @@ class ParallelLauncher(Launcher):
                 try:
                     results[idx] = future.result()
                 except Exception as exc:  # the worker died: TerminatedWorkerError, BrokenProcessPool
-                    reason = f"the worker process on {slot.device} died during this job ({type(exc).__name__}: " \
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'})"
+                    reason = (f"the worker process on {slot.device} died during this job "
+                              f"({type(exc).__name__}: {first_line(exc)})")
                     log.error("job #%d: %s", idx, reason)
                     jobs.crashed(job_dir, reason)
                     self._executors.pop(slot.index).shutdown(wait=False, kill_workers=True)

@@ -5,4 +5,4 @@ from .errors import DreamlabError
 from .settings import DreamSettings
 
 __all__ = ["dream", "DreamResult", "DreamSettings", "DreamlabError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -219,8 +219,10 @@ class DreamStep:
         # amplifies rounding, and a reordered product drifts to ~29 dB from the reference.
         if self.grad_norm == "std":  # the tutorial: g /= std + 1e-8; x += g * step_size
             x = x + g / (tf.math.reduce_std(g) + 1e-8) * step_size
-        elif self.grad_norm == "mean_abs":  # Google: x += step_size / mean|g| * g (Keras' 1e-6 floor)
+        elif self.grad_norm == "mean_abs":  # Google: x += step_size / mean|g| * g (a 1e-6 floor)
             x = x + step_size / tf.maximum(tf.reduce_mean(tf.abs(g)), 1e-6) * g
+        elif self.grad_norm == "mean_abs_keras":  # g /= max(mean|g|, 1e-6); x += step_size * g
+            x = x + step_size * (g / tf.maximum(tf.reduce_mean(tf.abs(g)), 1e-6))
         else:  # l2, scaled to unit root mean square so step_size keeps its meaning
             x = x + g / (tf.sqrt(tf.reduce_mean(tf.square(g))) + 1e-8) * step_size
         if self.clip:
@@ -256,10 +258,24 @@ def _check_channels(model, objective: Objective) -> None:
 
 
 def octave_sizes(height: int, width: int, s: DreamSettings) -> list[tuple[int, int]]:
-    """Smallest first; the last `octaves_above` are larger than the input (tutorial style)."""
-    lowest = -(s.octaves - 1 - s.octaves_above)
-    return [(int(height * s.octave_scale ** n), int(width * s.octave_scale ** n))
-            for n in range(lowest, s.octaves_above + 1)]
+    """Smallest first; the last `octaves_above` are larger than the input (tutorial style).
+    Each rule is its reference's own arithmetic (DreamSettings.octave_sizes)."""
+    below, above = s.octaves - 1 - s.octaves_above, s.octaves_above
+    if s.octave_sizes == "round_previous":
+        # scipy.ndimage.zoom's output size, int(round(side * zoom)), level after level.
+        def chain(hw, factor, n):
+            levels = []
+            for _ in range(n):
+                hw = tuple(int(round(side * factor)) for side in hw)
+                levels.append(hw)
+            return levels
+        return chain((height, width), 1.0 / s.octave_scale, below)[::-1] + [(height, width)] + \
+            chain((height, width), s.octave_scale, above)
+    if s.octave_sizes == "floor_base_float32":
+        return [(int(np.float32(height) * np.float32(s.octave_scale ** n)),
+                 int(np.float32(width) * np.float32(s.octave_scale ** n))) for n in range(-below, above + 1)]
+    return [(int(height / s.octave_scale ** i), int(width / s.octave_scale ** i)) for i in range(below, 0, -1)] + \
+        [(int(height * s.octave_scale ** n), int(width * s.octave_scale ** n)) for n in range(0, above + 1)]
 
 
 def check_sizes(sizes, step: DreamStep, backbone: str, objective: Objective, s: DreamSettings) -> None:
@@ -275,6 +291,37 @@ def check_sizes(sizes, step: DreamStep, backbone: str, objective: Objective, s: 
                             f"these layers need: use tile_size>={2 * step.min_size} or tile_size=0")
 
 
+def zoom_bilinear(img, hw):
+    """scipy.ndimage.zoom(img, ..., order=1), the resize of Google's notebook, to the bit.
+    Output pixel i samples the input at c = i * (n_in - 1) / (n_out - 1) (corners on
+    corners) with weights 1 - t and t, t = c - floor(c), and the four neighbours are summed
+    in float64 in scipy's order, (v * w_row) * w_col, row-major. As scipy does
+    (mode='constant', cval=0), a c that float rounding puts past the last pixel (480 px / 1.4:
+    127.00000000000001 of 127) gives 0 there: a row or column of the backbone's zero (mid
+    grey) in that pyramid level. TensorFlow's align_corners kernel interpolates in float32,
+    7e-6 away, and the separable float64 form is 1 ulp off at a few pixels: gradient ascent
+    amplified either into a ~28 dB difference from the notebook."""
+    tf = _tf()
+    v = tf.cast(img, tf.float64)
+    taps = []
+    for axis, n_out in enumerate(hw):
+        n_in = int(v.shape[axis])
+        c = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
+        i0 = np.floor(c).astype(np.int64)
+        t = c - i0
+        outside = c > n_in - 1
+        shape = [-1, 1, 1] if axis == 0 else [1, -1, 1]
+        weights = [tf.reshape(tf.constant(np.where(outside, 0.0, w)), shape) for w in (1.0 - t, t)]
+        taps.append((np.minimum(i0, n_in - 1), np.minimum(i0 + 1, n_in - 1), weights))
+    (r0, r1, wr), (c0, c1, wc) = taps
+    rows = [tf.gather(v, r, axis=0) for r in (r0, r1)]
+    out = tf.zeros([hw[0], hw[1], v.shape[-1]], tf.float64)
+    for a in range(2):
+        for b, cols in enumerate((c0, c1)):
+            out = out + tf.gather(rows[a], cols, axis=1) * wr[a] * wc[b]
+    return tf.cast(out, tf.float32)
+
+
 def to_unit(image: np.ndarray) -> np.ndarray:
     return np.asarray(image, np.float32) / 127.5 - 1.0
 
@@ -284,7 +331,9 @@ def to_uint8(x) -> np.ndarray:
     out = np.array(x, dtype=np.float32)
     out += 1.0
     out *= 127.5
-    np.round(out, out=out)
+    # Truncated, not rounded, as all three references do (np.uint8(np.clip(a, 0, 255)),
+    # tf.cast(..., tf.uint8), .astype("uint8")); in float32, (x + 1) * 127.5 has the same
+    # bits as the tutorial's 255 * (x + 1) / 2 and the Keras example's (x / 2 + 0.5) * 255.
     np.clip(out, 0, 255, out=out)
     return out.astype(np.uint8)
 
@@ -325,6 +374,8 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
     def resize(img, hw):
         if tuple(img.shape[:2]) == tuple(hw):
             return img  # bilinear resizing to the same size is the identity
+        if s.resize == "align_corners":
+            return zoom_bilinear(img, hw)
         return tf.image.resize(img, hw, method="bilinear")
 
     if s.detail == "dream":  # Google's pyramid: each level the next larger one zoomed down
@@ -370,7 +421,8 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
             # The Keras example adds, after the octave's ascent, what upscaling the photo from
             # the previous size lost (nothing at the first octave).
             previous = sizes[max(k - 1, 0)]
-            x = x + resize(base_t, hw) - resize(resize(base_t, previous), hw)
+            # x + (lost detail), in the example's order: (x + a) - b rounds differently.
+            x = x + (resize(base_t, hw) - resize(resize(base_t, previous), hw))
         result.losses += octave_losses
         result.octave_of_step += [k] * len(octave_losses)
         picture = _finish(x, base_t, s.preserve_colors)

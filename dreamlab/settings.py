@@ -15,8 +15,10 @@ from typing import Optional
 from .errors import DreamlabError
 
 OBJECTIVES = ("mean", "mean_square", "l2")
-GRAD_NORMS = ("std", "mean_abs", "l2")
+GRAD_NORMS = ("std", "mean_abs", "mean_abs_keras", "l2")
 DETAILS = ("dream", "photo", "none")
+OCTAVE_SIZES = ("round_previous", "floor_base", "floor_base_float32")
+RESIZES = ("align_corners", "half_pixel")
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
@@ -27,6 +29,16 @@ class DreamSettings:
     octaves: int = 4
     octave_scale: float = 1.4
     octaves_above: int = 0
+    # How each octave's size is computed, exactly as each reference does it (a size one pixel
+    # off changes every pixel of the dream): round_previous (Google: round(side * (1/scale))
+    # of the previous level, the size scipy.ndimage.zoom gives), floor_base (Keras example:
+    # int(base / scale**i)), floor_base_float32 (tutorial: int(float32(base) * scale**n),
+    # computed in float32 as its tf.cast does, which differs from floor_base at some sizes).
+    octave_sizes: str = "round_previous"
+    # How images are resized between octaves (both bilinear): align_corners (Google's
+    # scipy.ndimage.zoom(order=1): corner pixels map to corner pixels) or half_pixel
+    # (tf.image.resize, the tutorial and the Keras example: pixel centres scale).
+    resize: str = "align_corners"
     # Gradient-ascent steps per octave.
     steps: int = 10
     # Step size in units of the [-1, 1] image range (Google's 1.5 pixel step is 1.5/127.5);
@@ -37,7 +49,10 @@ class DreamSettings:
     # Pixels left out at each border of the activation (the Keras example's 2); the divisor
     # stays the full size, as in the reference.
     objective_border: int = 0
-    # Gradient normalisation: std (tutorial), mean_abs (Google, Keras), l2 (root mean square).
+    # Gradient normalisation: std (tutorial), mean_abs (Google: x += step_size / mean|g| * g),
+    # mean_abs_keras (the Keras example: g /= mean|g|; x += step_size * g), l2 (root mean
+    # square). The two mean_abs are the same maths in another order of float operations,
+    # which gradient ascent amplifies: one for the other is ~28 dB from the reference.
     grad_norm: str = "mean_abs"
     # What travels up the octaves: dream (Google: the dreamt detail), photo (Keras: the
     # photo's lost detail), none (tutorial: the image is just resized).
@@ -70,6 +85,9 @@ class DreamSettings:
         check(self.octave_scale > 1.0, "octave_scale must be > 1", "octave_scale=1.4")
         check(0 <= self.octaves_above < self.octaves or self.octaves_above == 0,
               "octaves_above must be between 0 and octaves-1", "octaves_above=0")
+        check(self.octave_sizes in OCTAVE_SIZES,
+              f"octave_sizes must be one of {'|'.join(OCTAVE_SIZES)}", "octave_sizes=round_previous")
+        check(self.resize in RESIZES, f"resize must be one of {'|'.join(RESIZES)}", "resize=half_pixel")
         check(self.steps >= 1, "steps must be >= 1", "steps=10")
         check(self.step_size > 0, "step_size must be > 0", "step_size=0.01")
         check(self.objective in OBJECTIVES, f"objective must be one of {'|'.join(OBJECTIVES)}",

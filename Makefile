@@ -10,7 +10,7 @@ PORT ?= 5000
 # Debian packages the tests start for real: chromium (MLflow UI), SLURM + munge, PostgreSQL.
 APT_TEST := chromium slurm-wlm munge postgresql
 
-.PHONY: dream test bench ui server clean
+.PHONY: dream sweep test bench ui server clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,14 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+# With no ARGS, dreamlab.fallback adds backbone=mobilenet_v2 backbone.weights=bundled (and says
+# so) when InceptionV3's ImageNet weights are neither cached nor downloadable.
 dream: $(VENV)/.installed
-	$(PY) -m dreamlab $(ARGS)
+	$(PY) -m dreamlab $(if $(ARGS),$(ARGS),$$($(PY) -m dreamlab.fallback))
+
+# A first grid (sweeps/starter.yaml) on the bundled network: works offline.
+sweep: $(VENV)/.installed
+	$(PY) -m dreamlab -m +sweep=starter backbone=mobilenet_v2 backbone.weights=bundled $(ARGS)
 
 $(VENV)/.installed-server: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[server]'
@@ -42,8 +48,11 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench.py $(ARGS)
 
+# The store make dream and make sweep write to.
 ui: $(VENV)/.installed
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db
+	@echo "MLflow UI of outputs/mlflow.db: http://$(HOST):$(PORT) (Ctrl-C stops it)"
+	@MLFLOW_LOGGING_LEVEL=WARNING $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db \
+		--host $(HOST) --port $(PORT) $(ARGS)
 
 # The team's MLflow server (dreamlab/server.py): PostgreSQL (DATABASE_URL, else a cluster under
 # outputs/server), served artifacts, basic auth; HOST=0.0.0.0 to open it to the network.

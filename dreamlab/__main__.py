@@ -1,6 +1,14 @@
 import gc
+import sys
 
-from .app import main
+from . import console
+
+# Before the app (and through it TensorFlow and MLflow) is imported: -v, and the libraries'
+# own quiet switches.
+console.take_verbose_flag(sys.argv)
+console.quiet_libraries()
+
+from .app import main  # noqa: E402
 
 if __name__ == "__main__":
     # The command owns its process: full garbage collections happen once per job, between

@@ -85,9 +85,13 @@ def main(cfg: DictConfig) -> Optional[float]:
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return jobs.run(cfg)
+        loss = jobs.run(cfg)
+        if not multirun:
+            print(where(Path(HydraConfig.get().runtime.output_dir), cfg.mlflow.tracking_uri))
+        return loss
     except DreamlabError as exc:
-        log.error("%s", exc)
+        # Printed once: the console gets the error line, the job's log file the record.
+        log.error("%s", exc, extra={"file_only": True})
         print(f"dreamlab: error: {exc}", file=sys.stderr)
         if not multirun:
             raise SystemExit(1) from None
@@ -96,3 +100,17 @@ def main(cfg: DictConfig) -> Optional[float]:
             raise
         log.exception("job failed")
     return None
+
+
+def where(job_dir: Path, tracking_uri: str) -> str:
+    """The two closing lines of a single run: the picture, and how to see its run."""
+    from . import sweep, tracking
+
+    picture = job_dir / "dream.png"
+    shown = os.path.relpath(picture) if not os.path.relpath(picture).startswith("..") else str(picture)
+    record = sweep.read_job_record(job_dir) or {}
+    run_id = record.get("run_id")
+    if not run_id:
+        return f"picture: {shown}"
+    experiment = tracking.client(tracking_uri).get_run(run_id).info.experiment_id
+    return f"picture: {shown}\nrun {run_id}: {tracking.how_to_open(tracking_uri, experiment, run_id)}"

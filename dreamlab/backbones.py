@@ -14,6 +14,7 @@ import difflib
 import functools
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from .errors import DreamlabError, first_line
@@ -122,16 +123,34 @@ def presets(name: str) -> dict:
     return table
 
 
+# Trained weights shipped inside the package (dreamlab/data/README.md: origin, licence), for a
+# first dream with no download: backbone.weights=bundled.
+BUNDLED = {"mobilenet_v2": Path(__file__).resolve().parent / "data" / "mobilenet_v2_imagenet_notop.weights.h5"}
+
+
+def resolve_weights(name: str, weights: Optional[str]) -> Optional[str]:
+    """`bundled` is the file shipped for this backbone; any other value is itself."""
+    if weights != "bundled":
+        return weights
+    if name not in BUNDLED:
+        raise DreamlabError(f"backbone={name} has no bundled weights: dreamlab ships trained weights for "
+                            f"{', '.join(BUNDLED)} only (backbone=mobilenet_v2 backbone.weights=bundled); "
+                            f"use backbone.weights=imagenet or a weights file")
+    return str(BUNDLED[name])
+
+
 _MODELS: dict[tuple, object] = {}
 
 
 def load(name: str, weights: Optional[str] = "imagenet", precision: str = "float32"):
     """The Keras model of backbone `name` without its classifier, for any image size.
 
-    weights: "imagenet" (Keras' own download and cache), None (random, fixed seed) or the
-    path of a `.weights.h5` / legacy `.h5` file. precision: float32, or mixed_bfloat16
+    weights: "imagenet" (Keras' own download and cache), "bundled" (the file shipped in the
+    package, `BUNDLED`), None (random, fixed seed) or the path of a `.weights.h5` / legacy
+    `.h5` file. precision: float32, or mixed_bfloat16
     (a bfloat16 copy of the float32 model, see `mixed_bfloat16`).
     """
+    weights = resolve_weights(name, weights)
     key = (name, weights if weights in ("imagenet", None) else os.path.abspath(weights), precision)
     if key not in _MODELS:
         if precision == "float32":
@@ -340,6 +359,7 @@ def weights_identity(name: str, weights: Optional[str]) -> str:
 
     from .images import sha256 as digest
 
+    weights = resolve_weights(name, weights)
     parts = []
     if name.startswith(CUSTOM + ":") and os.path.isfile(name.split(":", 1)[1]):
         parts.append("model:" + digest(name.split(":", 1)[1]))

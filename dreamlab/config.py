@@ -21,7 +21,8 @@ from .settings import DreamSettings, check
 class BackboneConfig:
     # A key of dreamlab.backbones.BACKBONES (InceptionV3 is inception_v3).
     name: str = "inception_v3"
-    # imagenet (Keras' download and cache), null (random weights), or a .weights.h5/.h5 path.
+    # imagenet (Keras' download and cache), bundled (the trained weights shipped inside
+    # dreamlab, mobilenet_v2 only: no download), null (random weights), or a .weights.h5/.h5 path.
     # A custom model keeps the weights saved in its file unless a path is given.
     weights: Optional[str] = "imagenet"
     # backbone=custom: the user's own Keras model file (.keras, loaded with safe_mode) and

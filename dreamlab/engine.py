@@ -14,14 +14,12 @@ and every picture of the process; the octave loop is plain Python around it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
@@ -279,13 +277,18 @@ def octave_sizes(height: int, width: int, s: DreamSettings) -> list[tuple[int, i
 
 
 def check_sizes(sizes, step: DreamStep, backbone: str, objective: Objective, s: DreamSettings) -> None:
-    """Fail before any compute when an octave (or a tile) is too small for the layers."""
+    """Fail before any compute when an octave (or a tile) is too small for the layers, with
+    a value that works: the most octaves that fit, found by shape inference."""
     if not step.fits(min(min(hw) for hw in sizes)):
+        base = sizes[s.octaves - 1 - s.octaves_above]
+        fitting = next((n for n in range(s.octaves - 1, 0, -1) if step.fits(min(min(hw) for hw in octave_sizes(
+            *base, dataclasses.replace(s, octaves=n, octaves_above=min(s.octaves_above, n - 1)))))), None)
+        fix = (f"use octaves={fitting} (the most that fit this photo), a larger max_size or a smaller "
+               f"octave_scale" if fitting else
+               f"the photo itself is too small: use a larger max_size or a photo of at least {step.min_size} px")
         raise DreamlabError(
             f"the smallest octave is {sizes[0][1]}x{sizes[0][0]} px but backbone={backbone} with "
-            f"layers {','.join(objective.layers)} needs at least {step.min_size} px: use fewer "
-            f"octaves (octaves={s.octaves}), a larger max_size or a smaller octave_scale "
-            f"(octave_scale={s.octave_scale})")
+            f"layers {','.join(objective.layers)} needs at least {step.min_size} px: {fix}")
     if 0 < s.tile_size and max(sizes[-1]) > s.tile_size and not step.fits(s.tile_size // 2):
         raise DreamlabError(f"tile_size={s.tile_size} makes tiles smaller than the {step.min_size} px "
                             f"these layers need: use tile_size>={2 * step.min_size} or tile_size=0")

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import backbones, config, images, slots
+from . import backbones, config, console, images, slots
 from .errors import first_line
 
 log = logging.getLogger("dreamlab")
@@ -33,7 +33,8 @@ def run(cfg: DictConfig) -> float:
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    _freeze_long_lived()
+    with console.native_quiet():
+        _freeze_long_lived()
     started = time.perf_counter()
     record = {"job": hc.job.num if hc.mode == RunMode.MULTIRUN else 0,
               "overrides": " ".join(hc.overrides.task), "status": "FAILED", "error": None,
@@ -41,7 +42,8 @@ def run(cfg: DictConfig) -> float:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tracker = None
     try:
-        env_tags = slots.configure_tensorflow(cfg.threads, cfg.deterministic)
+        with console.native_quiet():
+            env_tags = slots.configure_tensorflow(cfg.threads, cfg.deterministic)
         fp = _fingerprint(cfg, resolved, hc) if cfg.mlflow.enabled else None
         if fp and cfg.resume and hc.mode == RunMode.MULTIRUN:
             done = _resume(cfg, fp, job_dir)
@@ -146,15 +148,17 @@ def _dream(conf: "config.Config", tracker, job_dir: Path):
             tracker.log_octave(k, None if zooming else image, losses)
 
     if not zooming:
-        return engine.dream(picture, on_octave=on_octave, **kwargs)
+        with console.above_progress_bars():
+            return engine.dream(picture, on_octave=on_octave, **kwargs)
     frames = []
-    for i, result in enumerate(engine.dream_zoom(picture, conf.frames, conf.zoom,
-                                                 on_octave=on_octave, **kwargs)):
-        frames.append(result.image)
-        path = images.save_png(result.image, job_dir / "frames" / f"frame_{i:04d}.png")
-        log.info("frame %d/%d written to %s", i + 1, conf.frames, path)
-        if tracker is not None:
-            tracker.log_image(result.image, "frame", i)
+    with console.above_progress_bars():
+        for i, result in enumerate(engine.dream_zoom(picture, conf.frames, conf.zoom,
+                                                     on_octave=on_octave, **kwargs)):
+            frames.append(result.image)
+            path = images.save_png(result.image, job_dir / "frames" / f"frame_{i:04d}.png")
+            log.info("frame %d/%d written to %s", i + 1, conf.frames, path)
+            if tracker is not None:
+                tracker.log_image(result.image, "frame", i)
     gif = images.save_gif(frames, job_dir / "zoom.gif")
     if tracker is not None:
         tracker.log_artifact(str(gif))

@@ -92,12 +92,15 @@ class MlflowSweep(Callback):
             os.environ.pop(PARENT_ENV, None)
             client = tracking.client(config.mlflow.tracking_uri)
             parent = info["parent_run_id"]
+            # Counts of the whole sweep, params beside `jobs` (as metrics they were charts of
+            # a single point each, first on the parent's chart page).
             client.log_param(parent, "jobs", len(jobs))
-            client.log_metric(parent, "failed_jobs", len(failed))
-            client.log_metric(parent, "skipped_jobs", len(skipped))
+            client.log_param(parent, "failed_jobs", len(failed))
+            client.log_param(parent, "skipped_jobs", len(skipped))
             client.log_artifact(parent, str(sheet))
             client.log_artifact(parent, str(overlay))
             client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+            print(f"runs: {tracking.how_to_open(config.mlflow.tracking_uri, info['experiment_id'])}")
         if failed:
             where = " (their runs are FAILED in MLflow with the error)" if info.get("parent_run_id") else ""
             print(f"dreamlab: error: {len(failed)} of {len(jobs)} jobs failed{where}", file=sys.stderr)

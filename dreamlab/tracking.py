@@ -82,19 +82,82 @@ def retry(call, attempts: int = 6, first_wait: float = 0.5):
             time.sleep(first_wait * 2 ** attempt)
 
 
+# What the experiment is, for MLflow's UI: a model-training experiment, not a GenAI app. The
+# 3.17 UI reads the kind from its global GenAI / Model training switch instead (stored per
+# browser, GenAI by default), so dreamlab's links also carry `workflowType=machine_learning`.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# A saved view of the runs page (MLflow 3.17's "Views", stored as this experiment tag): the
+# octave pictures of the selected runs side by side, without the list of every param that
+# the image card prints above each picture by default, and the loss curves.
+VIEW = "dreamlab"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW}"
+UI_QUERY = f"workflowType=machine_learning&compareRunsMode=CHART&viewStateShareKey={VIEW}"
+
+
+def _view_tag_value() -> str:
+    import base64
+    import json
+    import zlib
+
+    section = "dreamlab-pictures"
+    state = {
+        "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
+        "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": [], "columnOrder": [], "columnWidths": {}, "runsHiddenMode": "FIRST_10_RUNS",
+        "compareRunCharts": [
+            {"uuid": "dreamlab-octaves", "type": "IMAGE", "runsCountToCompare": 10, "metricSectionId": section,
+             "deleted": False, "isGenerated": False, "imageKeys": ["octave"], "step": 0, "showRunParams": False},
+            {"uuid": "dreamlab-loss", "type": "LINE", "runsCountToCompare": 10, "metricSectionId": section,
+             "deleted": False, "isGenerated": False, "displayName": "loss", "metricKey": "loss",
+             "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear", "range": {},
+             "xAxisKey": "step", "selectedXAxisMetricKey": "", "yAxisKey": "metric", "yAxisExpressions": [],
+             "ignoreOutliers": False, "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True},
+        ],
+        "compareRunSections": [{"uuid": section, "name": "Dreams", "display": True, "isReordered": False,
+                                "deleted": False, "isGenerated": False}],
+        "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False,
+        "useGroupedValuesInCharts": True, "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {},
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
+    packed = "deflate;" + base64.b64encode(zlib.compress(json.dumps(state).encode())).decode()
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "dreamlab: pictures side by side", "createdAt": now, "updatedAt": now,
+                       "state": packed})
+
+
+def how_to_open(tracking_uri: str, experiment: str, run_id: Optional[str] = None) -> str:
+    """How to see a run (or a sweep's runs) in the UI: the server's page, or the command that
+    serves a local store and then the page."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return ui_link(tracking_uri, experiment, run_id)
+    serve = ("make ui" if tracking_uri == DEFAULT_URI else f"mlflow ui --backend-store-uri {tracking_uri}")
+    return f"{serve}, then {ui_link('http://127.0.0.1:5000', experiment, run_id)}"
+
+
+def ui_link(base: str, experiment: str, run_id: Optional[str] = None) -> str:
+    """The UI page of a run (or of the experiment's runs, in dreamlab's view)."""
+    if run_id:
+        return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
+    return f"{base.rstrip('/')}/#/experiments/{experiment}/runs?{UI_QUERY}"
+
+
 def experiment_id(mlflow_client, name: str, tracking_uri: str) -> str:
     """Get or create the experiment; a local SQLite store keeps its artifacts beside it."""
     from mlflow.exceptions import MlflowException
 
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND[0] not in found.tags or VIEW_TAG not in found.tags:
+            mlflow_client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+            mlflow_client.set_experiment_tag(found.experiment_id, VIEW_TAG, _view_tag_value())
         return found.experiment_id
     location = None
     if tracking_uri.startswith("sqlite:///"):
         db = os.path.abspath(tracking_uri[len("sqlite:///"):])
         location = os.path.join(os.path.dirname(db), "mlartifacts", name)
     try:
-        return mlflow_client.create_experiment(name, artifact_location=location)
+        return mlflow_client.create_experiment(name, artifact_location=location,
+                                               tags=dict([EXPERIMENT_KIND, (VIEW_TAG, _view_tag_value())]))
     except MlflowException:  # a parallel job created it first
         return mlflow_client.get_experiment_by_name(name).experiment_id
 

@@ -59,8 +59,12 @@ def test_too_small_octave_says_the_sizes_and_the_fix(small_array):
         dreamlab.dream(small_array, backbone="inception_v3", weights=None, layers="mixed5",
                        octaves=5, steps=1)
     message = str(err.value)
-    assert "smallest octave is 24x24 px" in message and "at least 43 px" in message
-    assert "fewer octaves" in message and "max_size" in message
+    # 96 px in 4 zooms of 1/1.4 (round from the previous level): 69, 49, 35, 25.
+    assert "smallest octave is 25x25 px" in message and "at least 43 px" in message
+    assert "use octaves=3 (the most that fit this photo)" in message and "max_size" in message
+    # The proposed value works.
+    assert dreamlab.dream(small_array, backbone="inception_v3", weights=None, layers="mixed5",
+                          octaves=3, steps=1).image.shape == small_array.shape
 
 
 def test_weighted_layers_channels_and_negative_weights(small_array):

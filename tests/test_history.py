@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import SHARED_WEIGHTS, error_lines, run_cli, store_uri
+from dreamlab.tracking import EXPERIMENT_KIND, VIEW_TAG, ui_link
 
 pytestmark = pytest.mark.xdist_group("history")
 PARENT = "mlflow.parentRunId"
@@ -56,6 +57,13 @@ def test_contact_sheet_and_loss_curves_land_in_the_sweep_dir_and_on_the_parent_r
         assert "loss.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     record = json.loads((sweep["work"] / "first" / "0" / "job.json").read_text())
     assert record["status"] == "FINISHED" and len(record["losses"]) == 3
+    # The sweep's counts are params beside `jobs`, not one-point metric charts.
+    assert (parent.data.params["jobs"], parent.data.params["failed_jobs"], parent.data.params["skipped_jobs"]) == ("4", "0", "0")
+    assert not {"failed_jobs", "skipped_jobs"} & set(parent.data.metrics)
+    # The UI's kind of experiment, and dreamlab's saved view of the pictures.
+    tags = client.get_experiment(parent.info.experiment_id).tags
+    assert tags[EXPERIMENT_KIND[0]] == EXPERIMENT_KIND[1] and VIEW_TAG in tags
+    assert "runs: make ui" not in sweep["first"].stdout and "viewStateShareKey=dreamlab" in sweep["first"].stdout
 
 
 def test_running_the_same_sweep_again_skips_the_finished_jobs(sweep):
@@ -157,7 +165,8 @@ def test_the_real_mlflow_ui_shows_the_sweeps_runs_and_their_pictures(sweep, tmp_
                 "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"])
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
-            page.goto(f"http://127.0.0.1:{port}/#/experiments/{parent.info.experiment_id}/runs?compareRunsMode=CHART")
+            # The link dreamlab prints after a sweep: model-training mode, dreamlab's saved view.
+            page.goto(ui_link(f"http://127.0.0.1:{port}", parent.info.experiment_id))
             page.get_by_text(parent.info.run_name, exact=True).first.wait_for(timeout=90_000)
             page.locator('[role="row"]', has_text=parent.info.run_name).first.locator("button").first.click()
             for run in children:
@@ -166,6 +175,15 @@ def test_the_real_mlflow_ui_shows_the_sweeps_runs_and_their_pictures(sweep, tmp_
                 "() => [...document.images].filter(i => i.src.includes('images%2Foctave') && i.complete"
                 " && i.naturalWidth > 0).length >= 4", timeout=60_000)
             page.screenshot(path=str(tmp_path / "mlflow_ui.png"))
+            # Model training, not the GenAI overview; the view of the pictures is the one open.
+            assert page.get_by_text("Model registry").first.is_visible()
+            assert page.get_by_text("Sessions", exact=True).count() == 0
+            assert page.get_by_text("dreamlab: pictures side by side").first.is_visible()
+            # The first octave picture is on screen, not below a block of every param.
+            first = page.locator("img[src*='images%2Foctave']").first
+            box = first.bounding_box()
+            assert box is not None and box["y"] + box["height"] <= 1100
+            assert page.get_by_text("octave_scale=1.4", exact=False).count() == 0
             browser.close()
     finally:
         server.terminate()

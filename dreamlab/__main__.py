@@ -1,4 +1,5 @@
 import gc
+import signal
 import sys
 
 from . import console
@@ -9,6 +10,15 @@ console.take_verbose_flag(sys.argv)
 console.quiet_libraries()
 
 from .app import main  # noqa: E402
+from .errors import Interrupted  # noqa: E402
+
+
+def _terminate(signum, frame):
+    raise Interrupted()
+
+
+# SIGTERM (kill, a scheduler's cancel) ends the run in progress KILLED, like Ctrl-C does.
+signal.signal(signal.SIGTERM, _terminate)
 
 if __name__ == "__main__":
     # The command owns its process: full garbage collections happen once per job, between

@@ -272,9 +272,15 @@ def _load_custom(path: str, weights: Optional[str]):
         # safe_mode refuses Lambda layers and other code stored in the file.
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
-        first = first_line(exc)
-        raise DreamlabError(f"cannot load the custom model {path} with safe_mode: {first[:300]} "
-                            f"(save it with model.save('model.keras'), without Lambda layers)") from None
+        text = str(exc)
+        if "safe_mode" in text or "Lambda" in text or "lambda" in text:
+            raise DreamlabError(
+                f"the custom model {path} stores Python code (a Lambda layer or a function), which "
+                f"dreamlab does not run from a model file (Keras' safe_mode): rebuild it without that "
+                f"code and save it with model.save('model.keras'), or dream with one of dreamlab's own "
+                f"backbones (backbone=inception_v3, mobilenet_v2, ...: python -m dreamlab --help lists them)") from None
+        raise DreamlabError(f"cannot load the custom model {path}: {first_line(exc)[:300]}; save it with "
+                            f"model.save('model.keras')") from None
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[-1] != 3 or any(d is not None for d in shape[1:3]):
         raise DreamlabError(f"the custom model's input shape is {shape}: a dream needs any image "

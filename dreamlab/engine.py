@@ -150,7 +150,8 @@ class DreamStep:
     def _select(term, a):
         tf = _tf()
         a = tf.cast(a, tf.float32)
-        return tf.gather(a, list(term.channels), axis=-1) if term.channels else a
+        # Negative channels count from the end, as Python indices (tf.gather refuses them).
+        return tf.gather(a, [c % a.shape[-1] for c in term.channels], axis=-1) if term.channels else a
 
     def score(self, x):
         """The objective of one image or tile (H, W, 3)."""
@@ -252,7 +253,7 @@ def _check_channels(model, objective: Objective) -> None:
         bad = [c for c in term.channels if not -n <= c < n]
         if bad:
             raise DreamlabError(f"layers.{term.layer}: channels {bad} out of range, the layer has "
-                                f"{n} channels (0..{n - 1})")
+                                f"{n} channels (0..{n - 1}, or -{n}..-1 counted from the end)")
 
 
 def octave_sizes(height: int, width: int, s: DreamSettings) -> list[tuple[int, int]]:

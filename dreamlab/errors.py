@@ -13,3 +13,21 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Interrupted(BaseException):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt, so that the run in
+    progress ends KILLED and the process exits 143. A BaseException, as KeyboardInterrupt is:
+    no `except Exception` on the way swallows it."""
+
+    signal_name = "SIGTERM"
+    exit_code = 143
+
+
+def interruption(exc: BaseException):
+    """(signal name, exit code) when `exc` is Ctrl-C or SIGTERM, else None."""
+    if isinstance(exc, Interrupted):
+        return exc.signal_name, exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGINT", 130
+    return None

@@ -3,36 +3,138 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .errors import DreamlabError
+from .errors import DreamlabError, first_line
+
+log = logging.getLogger("dreamlab")
 
 SAMPLE = Path(__file__).parent / "data" / "chelsea.png"
 
 
-def load(path: str, max_size: Optional[int] = None) -> np.ndarray:
-    """RGB uint8 array of the photo at `path`, its longest side resized to `max_size`."""
-    from PIL import Image, UnidentifiedImageError
+# Transparent pixels are composited on white, as image viewers and browsers show them.
+BACKGROUND = (255, 255, 255)
+# Memory a dream needs per pixel of its largest octave, measured with margin (float32 RGB
+# copies: the picture, its pyramid and detail, the gradient, TensorFlow's buffers); used to
+# refuse a size before allocating it.
+BYTES_PER_PIXEL = 200
 
-    if not os.path.isfile(path):
-        raise DreamlabError(f"image not found: {path}; give image=PATH of a photo, "
-                            f"or image=null to dream from noise")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if max_size:
-                scale = max_size / max(im.size)
-                size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-                if size != im.size:
-                    im = im.resize(size, Image.LANCZOS)
-            return np.asarray(im, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DreamlabError(f"cannot read image {path} ({exc.__class__.__name__}): "
-                            f"give a PNG, JPEG or other picture Pillow can open") from None
+
+def header(path: str, what: str = "image") -> tuple[int, int]:
+    """(width, height) as the picture will be seen (EXIF orientation applied), read from the
+    file's header without decoding it; every unreadable-file case is one DreamlabError."""
+    with _opened(path, what) as im:
+        w, h = im.size
+        return (h, w) if _rotates(im) else (w, h)
+
+
+def verify(path: str, what: str = "image") -> None:
+    """Decode the whole file once (a truncated or corrupt one fails here, not mid-job)."""
+    with _opened(path, what) as im:
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DreamlabError(f"cannot read {what} {path}: {first_line(exc)}; give a complete PNG, "
+                                f"JPEG or other picture Pillow can open") from None
+
+
+def _rotates(im) -> bool:
+    return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+
+
+def target_size(size: tuple[int, int], max_size: Optional[int]) -> tuple[int, int]:
+    """(width, height) after scaling the longest side to `max_size` (up or down)."""
+    if not max_size:
+        return size
+    scale = max_size / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def load(path: str, max_size: Optional[int] = None, what: str = "image") -> np.ndarray:
+    """RGB uint8 array of the picture at `path` as a viewer shows it (EXIF orientation,
+    transparency on white, 16-bit scaled to 8, palette/CMYK/grey converted, the first frame
+    of an animation), its longest side resized to `max_size`."""
+    from PIL import Image, ImageOps
+
+    with _opened(path, what) as im:
+        try:
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                log.info("%s %s has %d frames: dreaming its first", what, path, frames)
+                im.seek(0)
+            im = ImageOps.exif_transpose(im, in_place=False) or im
+            rgb = _rgb(im)
+        except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+            raise DreamlabError(f"cannot read {what} {path}: {first_line(exc)}; give a complete PNG, "
+                                f"JPEG or other picture Pillow can open") from None
+    size = target_size(rgb.size, max_size)
+    if size != rgb.size:
+        rgb = rgb.resize(size, Image.LANCZOS)
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def _rgb(im):
+    """8-bit RGB from any Pillow mode."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grey (Pillow opens 16-bit PNGs as I or I;16): 0..65535 onto 0..255. A plain
+        # convert("L") clips at 255 and makes such a scan almost white.
+        a = np.asarray(im, dtype=np.float64)
+        a = a / 257.0 if im.mode != "I" or a.max() > 255 else a
+        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = a * 255.0 if a.max() <= 1.0 else a
+        return Image.fromarray(np.repeat(np.clip(np.round(a), 0, 255).astype(np.uint8)[..., None], 3, axis=-1))
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info) \
+            or (im.mode in ("RGB", "L") and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        ground = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(ground, rgba).convert("RGB")
+    return im.convert("RGB")  # RGB (16-bit RGB PNGs open as 8-bit RGB), L, 1, P, CMYK, YCbCr, ...
+
+
+class _opened:
+    """Image.open with dreamlab's errors: missing, a folder, not a picture, a bomb."""
+
+    def __init__(self, path: str, what: str):
+        self.path, self.what = path, what
+
+    def __enter__(self):
+        import warnings
+
+        from PIL import Image, UnidentifiedImageError
+
+        path, what = self.path, self.what
+        fix = "image=null to dream from noise" if what == "image" else f"{what}=null"
+        if os.path.isdir(path):
+            raise DreamlabError(f"{what}={path} is a folder, not a picture: give the path of one picture "
+                                f"file (PNG, JPEG, ...)")
+        if not os.path.isfile(path):
+            raise DreamlabError(f"{what} not found: {path}; give {what}=PATH of a picture, or {fix}")
+        try:
+            with warnings.catch_warnings():
+                # Pillow only warns between its limit and twice it; dreamlab refuses at the limit.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                self.im = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DreamlabError(f"{what} {path} is too large to open safely ({first_line(exc)}): shrink it "
+                                f"first, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise DreamlabError(f"cannot read {what} {path}: {first_line(exc)}; give a PNG, JPEG or other "
+                                f"picture Pillow can open") from None
+        return self.im
+
+    def __exit__(self, *exc):
+        self.im.close()
+        return False
 
 
 def noise(size: int, seed: int) -> np.ndarray:

@@ -21,8 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import backbones, config, console, images, slots
-from .errors import first_line
+from . import backbones, config, console, images, slots, validate
+from .errors import first_line, interruption
 
 log = logging.getLogger("dreamlab")
 
@@ -33,8 +33,6 @@ def run(cfg: DictConfig) -> float:
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    with console.native_quiet():
-        _freeze_long_lived()
     started = time.perf_counter()
     record = {"job": hc.job.num if hc.mode == RunMode.MULTIRUN else 0,
               "overrides": " ".join(hc.overrides.task), "status": "FAILED", "error": None,
@@ -42,7 +40,10 @@ def run(cfg: DictConfig) -> float:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tracker = None
     try:
+        # Every mistake the config can show is found here, before TensorFlow and before a run.
+        conf = validate.job(cfg)
         with console.native_quiet():
+            _freeze_long_lived()
             env_tags = slots.configure_tensorflow(cfg.threads, cfg.deterministic)
         fp = _fingerprint(cfg, resolved, hc) if cfg.mlflow.enabled else None
         if fp and cfg.resume and hc.mode == RunMode.MULTIRUN:
@@ -56,16 +57,16 @@ def run(cfg: DictConfig) -> float:
             tracker = _start_run(cfg, resolved, hc, fp, env_tags)
             sweep.write_job_record(job_dir, {**record, "status": "RUNNING", "run_id": tracker.run_id,
                                              "tracking_uri": cfg.mlflow.tracking_uri})
-        # Merged into the schema so that a job's own record (.hydra/config.yaml, composed
-        # without the schema) is typed and validated the same way; every value is checked.
-        conf: config.Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config.Config), cfg))
         result = dream_job(conf, resolved, job_dir, tracker)
         record.update(status="FINISHED", loss=result.losses[-1], losses=result.losses)
         return result.losses[-1]
     except BaseException as exc:
-        record["error"] = first_line(exc)
+        stopped = interruption(exc)
+        record["error"] = f"interrupted by {stopped[0]}" if stopped else first_line(exc)
+        if stopped:
+            record["status"] = "KILLED"
         if tracker is not None:
-            tracker.end(error=record["error"])
+            tracker.end(error=record["error"], status="KILLED" if stopped else None)
         raise
     finally:
         record["seconds"] = round(time.perf_counter() - started, 2)
@@ -129,7 +130,7 @@ def _dream(conf: "config.Config", tracker, job_dir: Path):
             tracker.set_tags({"dreamlab.input_sha256": images.sha256(conf.image)})
     guide = None
     if conf.guide is not None:
-        guide = images.load(conf.guide, conf.max_size)
+        guide = images.load(conf.guide, conf.max_size, what="guide")
         if tracker is not None:
             tracker.log_artifact(conf.guide, "guide")
             tracker.set_tags({"dreamlab.guide_sha256": images.sha256(conf.guide)})
@@ -188,18 +189,23 @@ def _resume(cfg: DictConfig, fp: str, job_dir: Path):
     if done is None:
         return None
     job_dir.mkdir(parents=True, exist_ok=True)
-    tracking.client(cfg.mlflow.tracking_uri).download_artifacts(done.info.run_id, "dream.png", str(job_dir))
+    try:
+        tracking.client(cfg.mlflow.tracking_uri).download_artifacts(done.info.run_id, "dream.png", str(job_dir))
+    except Exception as exc:  # the store's artifacts moved or were deleted: do the work again
+        log.info("run %s did this work but its dream.png is gone (%s): dreaming it again",
+                 done.info.run_id, first_line(exc)[:200])
+        return None
     log.info("skipped: this exact work is already FINISHED as run %s (%s); resume=false reruns it",
              done.info.run_id, done.info.run_name)
     return done
 
 
 def _start_run(cfg: DictConfig, resolved: dict, hc, fp: Optional[str], env_tags: dict) -> Any:
-    from . import sweep, tracking
+    from . import runs, sweep, tracking
 
     overrides = list(hc.overrides.task)
     tags = {tracking.JOB_TAG: str(hc.job.num) if hc.mode == RunMode.MULTIRUN else "0",
-            "dreamlab.overrides": " ".join(overrides)}
+            "dreamlab.overrides": " ".join(overrides), **runs.owner_tags()}
     if fp:
         tags[tracking.FINGERPRINT_TAG] = fp
     swept: list[str] = []

@@ -78,7 +78,7 @@ def available_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
-def _available_memory() -> Optional[int]:
+def available_memory() -> Optional[int]:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -123,7 +123,7 @@ def plan(gpus: Optional[Sequence] = None, workers_per_gpu: int = 1, workers: Opt
         raise DreamlabError("hydra.launcher.cores_per_worker must be >= 1 or null")
     per = cores_per_worker or 1
     count = max(1, len(cores) // per)
-    memory = _available_memory()
+    memory = available_memory()
     if memory is not None:
         count = min(count, max(1, memory // WORKER_MEMORY_BYTES))
     if workers is not None:  # the user's count wins, cores shared round-robin if it is more

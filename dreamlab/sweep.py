@@ -18,6 +18,8 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import DreamlabError
+
 SWEEP_FILE = "mlflow_sweep.json"
 PARENT_ENV = "DREAMLAB_PARENT_RUN_ID"
 
@@ -42,6 +44,42 @@ def read_sweep_file(sweep_dir: str) -> dict:
     return {"parent_run_id": parent, "swept": []} if parent else {}
 
 
+# The sweep of this process, while it runs: what an interruption has to close.
+ACTIVE: dict = {}
+
+
+def interrupted(signal_name: str) -> None:
+    """Ctrl-C or SIGTERM during a sweep: its parent run ends KILLED, and the summary says what
+    finished (each job's own run already ended KILLED or FINISHED in jobs.run)."""
+    if not ACTIVE:
+        return
+    sweep_dir, info = ACTIVE["sweep_dir"], ACTIVE["info"]
+    jobs = read_job_records(sweep_dir)
+    if jobs:
+        print(summary(jobs, info.get("swept", [])), file=sys.stderr)
+    if info.get("parent_run_id"):
+        from . import tracking
+
+        client = tracking.client(ACTIVE["tracking_uri"])
+        parent = info["parent_run_id"]
+        client.log_param(parent, "jobs", len(jobs))
+        tracking.end_run(client, parent, f"interrupted by {signal_name}", status="KILLED")
+        _note(client, parent, info.get("experiment_id"), jobs, f"Killed: interrupted by {signal_name}")
+    ACTIVE.clear()
+
+
+def _note(client, parent: str, experiment: Optional[str], jobs: list[dict], head: str = "") -> None:
+    """The parent's description in the UI: every job of the sweep, the skipped ones with a
+    link to the run that did their work, and jobs.json with the whole records."""
+    rows = ([head, ""] if head else []) + ["| job | status | run | overrides |", "| --- | --- | --- | --- |"]
+    for j in jobs:
+        run = j.get("run_id")
+        link = f"[{run[:8]}](#/experiments/{experiment}/runs/{run})" if run and experiment else (run or "-")
+        rows.append(f"| {j['job']} | {j['status']} | {link} | {j['overrides']} |")
+    client.set_tag(parent, "mlflow.note.content", "\n".join(rows))
+    client.log_dict(parent, jobs, "jobs.json")
+
+
 class MlflowSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra_cfg = config.hydra
@@ -51,15 +89,27 @@ class MlflowSweep(Callback):
         params = OmegaConf.to_container(params, resolve=True) if params else {}
         keys = swept_keys(overrides, params)
         info = {"parent_run_id": None, "swept": keys, "experiment_id": None}
+        # The folder first: one that cannot be made stops the sweep before its parent run exists.
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         if config.mlflow.enabled:
-            from . import tracking
+            from . import tracking, validate
+
+            if not str(config.mlflow.experiment).strip():
+                raise DreamlabError("mlflow.experiment must not be empty (for example mlflow.experiment=dreamlab)")
+            validate.tracking_store(config.mlflow.tracking_uri)
+            from . import runs
+
+            killed, _ = runs.cleanup(config.mlflow.tracking_uri, config.mlflow.experiment)
+            if killed:
+                print(f"{len(killed)} run(s) left RUNNING by processes that are gone marked KILLED "
+                      f"({', '.join(killed)})")
 
             name = OmegaConf.select(config, "hydra.runtime.choices.sweep", default=None)
             uri, experiment = config.mlflow.tracking_uri, config.mlflow.experiment
             client = tracking.client(uri)
             exp = tracking.experiment_id(client, experiment, uri)
             run = client.create_run(exp, run_name=f"sweep {name or sweep_dir.name}", tags={
-                tracking.SWEEP_TAG: str(sweep_dir.resolve()),
+                tracking.SWEEP_TAG: str(sweep_dir.resolve()), **runs.owner_tags(),
                 "dreamlab.role": "sweep",
             })
             run_id = run.info.run_id
@@ -70,6 +120,7 @@ class MlflowSweep(Callback):
             client.log_param(run_id, "sweep", name or "command line")
             client.log_param(run_id, "launcher", hydra_cfg.runtime.choices.get("hydra/launcher", "basic"))
             info.update(parent_run_id=run_id, experiment_id=exp)
+            ACTIVE.update(sweep_dir=sweep_dir, tracking_uri=uri, info=info)
             os.environ[PARENT_ENV] = run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
@@ -86,6 +137,7 @@ class MlflowSweep(Callback):
                   f"FINISHED (resume=false reruns them): jobs {', '.join(str(j['job']) for j in skipped)}")
         sheet, overlay = _sweep_pictures(config, sweep_dir, jobs, info.get("swept", []))
         print(f"contact sheet: {sheet}")
+        ACTIVE.clear()
         if info.get("parent_run_id"):
             from . import tracking
 
@@ -99,6 +151,7 @@ class MlflowSweep(Callback):
             client.log_param(parent, "skipped_jobs", len(skipped))
             client.log_artifact(parent, str(sheet))
             client.log_artifact(parent, str(overlay))
+            _note(client, parent, info.get("experiment_id"), jobs)
             client.set_terminated(parent, "FAILED" if failed else "FINISHED")
             print(f"runs: {tracking.how_to_open(config.mlflow.tracking_uri, info['experiment_id'])}")
         if failed:

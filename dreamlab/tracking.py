@@ -19,6 +19,10 @@ from .errors import first_line
 
 # No per-file download bars in job logs (resume and reproduce download artifacts).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# A tracking server that stops answering mid-job: MLflow's defaults (7 retries with backoff,
+# 120 s timeouts) wait minutes per call before the job can fail; dreamlab fails within ~30 s.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 # The store when MLFLOW_TRACKING_URI is not set (the schema's default says the same).
 DEFAULT_URI = "sqlite:///outputs/mlflow.db"
@@ -303,7 +307,7 @@ class JobRun:
         for k, v in tags.items():
             retry(lambda: self.client.set_tag(self.run_id, k, v))
 
-    def end(self, error: Optional[str] = None) -> None:
+    def end(self, error: Optional[str] = None, status: Optional[str] = None) -> None:
         try:
             self._wait()
         except Exception as exc:  # a write that failed for good still ends the run, FAILED
@@ -313,7 +317,7 @@ class JobRun:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
                 self._writer = None
-            end_run(self.client, self.run_id, error)
+            end_run(self.client, self.run_id, error, status)
 
     def _wait(self) -> None:
         for write in self._pending:
@@ -321,9 +325,11 @@ class JobRun:
         self._pending.clear()
 
 
-def end_run(mlflow_client, run_id: str, error: Optional[str] = None) -> None:
-    """FINISHED, or FAILED with the error as a tag and as the run's note in the UI."""
+def end_run(mlflow_client, run_id: str, error: Optional[str] = None, status: Optional[str] = None) -> None:
+    """FINISHED, or FAILED (or `status`: KILLED for an interruption) with the error as a tag
+    and as the run's note in the UI."""
+    status = status or ("FAILED" if error is not None else "FINISHED")
     if error is not None:
         retry(lambda: mlflow_client.set_tag(run_id, ERROR_TAG, error[:5000]))
-        retry(lambda: mlflow_client.set_tag(run_id, "mlflow.note.content", f"Failed: {error}"))
-    retry(lambda: mlflow_client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED"))
+        retry(lambda: mlflow_client.set_tag(run_id, "mlflow.note.content", f"{status.title()}: {error}"))
+    retry(lambda: mlflow_client.set_terminated(run_id, status))

@@ -60,8 +60,13 @@ def test_a_custom_model_with_code_in_it_is_refused_by_safe_mode(tmp_path, small_
     x = keras.layers.Conv2D(4, 3, name="conv")(x)
     keras.Model(inputs, x).save(tmp_path / "lambda.keras")
     name = backbones.custom(str(tmp_path / "lambda.keras"), "tf")
-    with pytest.raises(dreamlab.DreamlabError, match="safe_mode"):
+    with pytest.raises(dreamlab.DreamlabError) as err:
         dreamlab.dream(small_array, backbone=name, weights=None, layers="conv", octaves=1, steps=1)
+    message = str(err.value)
+    # One whole sentence that names the problem and dreamlab's own options.
+    assert message.startswith("the custom model ") and "stores Python code" in message
+    assert "backbone=inception_v3, mobilenet_v2" in message and "\n" not in message
+    assert message.count(":") <= 3 and message.endswith("lists them)")
 
 
 def test_layer_listing_shows_shapes_and_marks_presets():

@@ -34,7 +34,7 @@ def test_without_gpus_one_worker_per_core_pinned_to_it(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     cores = slots.available_cores()
     plan = slots.plan()
-    assert len(plan) == min(len(cores), max(1, slots._available_memory() // slots.WORKER_MEMORY_BYTES))
+    assert len(plan) == min(len(cores), max(1, slots.available_memory() // slots.WORKER_MEMORY_BYTES))
     assert all(len(s.cores) == 1 and s.gpu is None for s in plan)
     assert len({s.cores[0] for s in plan}) == len(plan)  # distinct cores
     assert all(slots.worker_env(s)["CUDA_VISIBLE_DEVICES"] == "" for s in plan)

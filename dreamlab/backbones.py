@@ -383,8 +383,14 @@ def layer_names(model) -> list[str]:
 
 
 def check_layers(model, name: str, wanted) -> None:
-    """Fail before any compute when a layer name is not in the backbone, naming the closest."""
+    """Fail before any compute when a layer name is not in the backbone, naming the closest;
+    the names are kept (`known_layers`) so that later jobs check them before building."""
     names = layer_names(model)
+    remember_layers(name, names)
+    check_layer_names(names, name, wanted)
+
+
+def check_layer_names(names: list[str], name: str, wanted) -> None:
     for layer in wanted:
         if layer not in names:
             close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
@@ -392,3 +398,44 @@ def check_layers(model, name: str, wanted) -> None:
             raise DreamlabError(
                 f"unknown layer '{layer}' for backbone={name}{hint} "
                 f"(python -m dreamlab.layers backbone={name} lists them all)")
+
+
+def _layer_cache(name: str) -> Optional[Path]:
+    """Where a Keras Applications backbone's layer names are kept once it has been built
+    (~/.cache/dreamlab/layers, or $XDG_CACHE_HOME): per Keras version, which names them."""
+    if name not in BACKBONES:
+        return None
+    from importlib import metadata
+
+    try:
+        version = metadata.version("keras")
+    except metadata.PackageNotFoundError:
+        return None
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "dreamlab" / "layers" / f"{name}-keras{version}.json"
+
+
+def known_layers(name: str) -> Optional[list[str]]:
+    """The backbone's layer names when a job of this machine has built it before, else None."""
+    import json
+
+    path = _layer_cache(name)
+    try:
+        return json.loads(path.read_text()) if path and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def remember_layers(name: str, names: list[str]) -> None:
+    import json
+
+    path = _layer_cache(name)
+    if path is None or path.is_file():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(names))
+        os.replace(tmp, path)  # atomic: parallel workers may write it at once
+    except OSError:
+        pass  # a read-only home: the check then happens after the build, as before

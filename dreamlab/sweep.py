@@ -155,7 +155,10 @@ class MlflowSweep(Callback):
             client.set_terminated(parent, "FAILED" if failed else "FINISHED")
             print(f"runs: {tracking.how_to_open(config.mlflow.tracking_uri, info['experiment_id'])}")
         if failed:
-            where = " (their runs are FAILED in MLflow with the error)" if info.get("parent_run_id") else ""
+            # Only what exists: a job that failed its checks never created a run.
+            with_run = sum(1 for j in failed if j.get("run_id"))
+            where = (f" ({with_run} with a FAILED run in MLflow that holds the error)" if with_run else
+                     " (before any run was created: the summary above has each error)")
             print(f"dreamlab: error: {len(failed)} of {len(jobs)} jobs failed{where}", file=sys.stderr)
             raise SystemExit(1)
 

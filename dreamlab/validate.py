@@ -37,6 +37,7 @@ def job(cfg: DictConfig) -> config.Config:
     if conf.guide is not None:
         images.verify(conf.guide, what="guide")
     _weights(conf)
+    _layers(conf)
     if conf.mlflow.enabled:
         tracking_store(conf.mlflow.tracking_uri)
     return conf
@@ -56,6 +57,21 @@ def fits_memory(size: tuple[int, int], settings: DreamSettings, cause: str) -> N
             f"{cause} makes a {w}x{h} px picture whose largest octave ({largest[1]}x{largest[0]} px) needs "
             f"about {need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB this machine has free: "
             f"use max_size={max(fit, 8)} or less")
+
+
+def _layers(conf: config.Config) -> None:
+    """Layer names, when this backbone's list is known without building it (cached by an
+    earlier job of this machine); otherwise the built network checks them."""
+    from .objective import parse_layers
+
+    names = backbones.known_layers(conf.backbone.name)
+    if names is None:
+        return
+    table = backbones.presets(conf.backbone.name)
+    if isinstance(conf.layers, str) and conf.layers in ("default",) + backbones.RECIPES and conf.layers not in table:
+        return  # the engine words that one
+    layers = OmegaConf.to_container(conf.layers) if OmegaConf.is_config(conf.layers) else conf.layers
+    backbones.check_layer_names(names, conf.backbone.name, [t.layer for t in parse_layers(layers, table)])
 
 
 def _weights(conf: config.Config) -> None:

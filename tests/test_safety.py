@@ -254,3 +254,20 @@ def test_resume_redoes_a_job_whose_artifacts_are_gone_and_the_parent_lists_every
     assert third.returncode == 0, third.stderr[-2000:]
     assert "its dream.png is gone" in third.stdout and "skipped" not in third.stdout
     assert all((tmp_path / "three" / str(j) / "dream.png").is_file() for j in (0, 1))
+
+
+def test_layer_names_are_checked_before_building_once_the_backbone_is_known(tmp_path):
+    """The first job of a backbone builds it and keeps its layer names (~/.cache/dreamlab);
+    from then on a wrong name costs no TensorFlow and no run."""
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    uri = store_uri(tmp_path)
+    first = run_cli(TINY + [f"mlflow.tracking_uri={uri}"], cwd=tmp_path, env_extra=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert list((tmp_path / "cache" / "dreamlab" / "layers").glob("mobilenet_v2-keras*.json"))
+    wrong = run_cli(TINY + ["layers=block_99_add", f"mlflow.tracking_uri={uri}", "hydra.run.dir=wrong"],
+                    cwd=tmp_path, env_extra=env)
+    assert wrong.returncode == 1
+    # TensorFlow was never loaded: its start-up output, kept in the job's log, is not there.
+    assert "native start-up output" not in (tmp_path / "wrong" / "dreamlab.log").read_text()
+    assert error_lines(wrong.stderr)[0].startswith("dreamlab: error: unknown layer 'block_99_add' for backbone=mobilenet_v2")
+    assert len(all_runs(uri)[1]) == 1  # only the first job's run

@@ -47,7 +47,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "bench"
 LAYERS = ("mixed3", "mixed5")
-SECTIONS = ("machine", "matmul", "step", "precision", "overhead", "sweep", "scaling", "launchers", "goals")
+SECTIONS = ("machine", "matmul", "step", "precision", "overhead", "sweep", "scaling", "launchers", "mistakes",
+            "goals")
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -404,6 +405,29 @@ def launchers() -> list[dict]:
 
 # --- goals ---------------------------------------------------------------------------------
 
+def mistakes() -> list[dict]:
+    """What a config mistake costs (issue: well under 2 s, no run): the whole command, from
+    Python's start to the one-line error, median of 3."""
+    import statistics
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for name, args in [("steps=0", ["steps=0"]), ("a missing image", ["image=/nowhere.png"]),
+                           ("a tracking server that is down", ["mlflow.tracking_uri=http://127.0.0.1:9"])]:
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                done = subprocess.run([sys.executable, "-m", "dreamlab", *args, f"mlflow.tracking_uri=sqlite:///{work}/m.db"
+                                       if not args[0].startswith("mlflow") else args[0]],
+                                      cwd=work, capture_output=True, text=True)
+                times.append(time.perf_counter() - start)
+                assert done.returncode == 1 and not os.path.exists(f"{work}/m.db"), done.stderr[-500:]
+            rows.append(row("mistakes", f"one-line error for {name}", round(statistics.median(times), 2), "s",
+                            "whole command, no run created"))
+    return rows
+
+
 def goals(value) -> list[dict]:
     """The issue's goals against this run's numbers (missing sections count as not met)."""
     step = value("512 px float32 vs float32 matmul")
@@ -469,6 +493,7 @@ def main() -> None:
     section("sweep", sweep)
     section("scaling", scaling)
     section("launchers", launchers)
+    section("mistakes", mistakes)
     if "goals" in wanted:
         rows[:] = [r for r in rows if r["section"] != "goals"] + goals(value)
     rows.sort(key=lambda r: SECTIONS.index(r["section"]))

@@ -14,14 +14,14 @@ APT_TEST := chromium slurm-wlm munge postgresql
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -qq --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install -qq -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install -qq -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 # With no ARGS, dreamlab.fallback adds backbone=mobilenet_v2 backbone.weights=bundled (and says
@@ -34,7 +34,7 @@ sweep: $(VENV)/.installed
 	$(PY) -m dreamlab -m +sweep=starter backbone=mobilenet_v2 backbone.weights=bundled $(ARGS)
 
 $(VENV)/.installed-server: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[server]'
+	$(PY) -m pip install -qq -e '.[server]'
 	touch $@ $(VENV)/.installed
 
 test: $(VENV)/.installed-test

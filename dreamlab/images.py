@@ -39,8 +39,13 @@ def verify(path: str, what: str = "image") -> None:
         try:
             im.load()
         except (OSError, SyntaxError, ValueError) as exc:
-            raise DreamlabError(f"cannot read {what} {path}: {first_line(exc)}; give a complete PNG, "
-                                f"JPEG or other picture Pillow can open") from None
+            raise _unreadable(what, path, exc) from None
+
+
+def _unreadable(what: str, path: str, exc: BaseException) -> DreamlabError:
+    """Truncated or corrupt picture data: the reason Pillow gives, kept."""
+    return DreamlabError(f"cannot read {what} {path}: {first_line(exc)}; give a complete PNG, JPEG or "
+                         f"other picture Pillow can open")
 
 
 def _rotates(im) -> bool:
@@ -69,9 +74,8 @@ def load(path: str, max_size: Optional[int] = None, what: str = "image") -> np.n
                 im.seek(0)
             im = ImageOps.exif_transpose(im, in_place=False) or im
             rgb = _rgb(im)
-        except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-            raise DreamlabError(f"cannot read {what} {path}: {first_line(exc)}; give a complete PNG, "
-                                f"JPEG or other picture Pillow can open") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise _unreadable(what, path, exc) from None
     size = target_size(rgb.size, max_size)
     if size != rgb.size:
         rgb = rgb.resize(size, Image.LANCZOS)

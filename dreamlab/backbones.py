@@ -402,8 +402,9 @@ def check_layer_names(names: list[str], name: str, wanted) -> None:
 
 def _layer_cache(name: str) -> Optional[Path]:
     """Where a Keras Applications backbone's layer names are kept once it has been built
-    (~/.cache/dreamlab/layers, or $XDG_CACHE_HOME): per Keras version, which names them."""
-    if name not in BACKBONES:
+    ($DREAMLAB_CACHE/layers, by default ~/.cache/dreamlab/layers or under $XDG_CACHE_HOME):
+    per Keras version, which names them."""
+    if name not in BACKBONES or name.startswith(CUSTOM + ":"):  # a user's file may change
         return None
     from importlib import metadata
 
@@ -411,8 +412,8 @@ def _layer_cache(name: str) -> Optional[Path]:
         version = metadata.version("keras")
     except metadata.PackageNotFoundError:
         return None
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "dreamlab" / "layers" / f"{name}-keras{version}.json"
+    root = os.environ.get("DREAMLAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dreamlab"
+    return Path(root) / "layers" / f"{name}-keras{version}.json"
 
 
 def known_layers(name: str) -> Optional[list[str]]:

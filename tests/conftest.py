@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,9 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+# dreamlab's layer-name cache (backbones.known_layers) changes where an unknown layer fails
+# (before or after building): each test starts without one, and the user's stays untouched.
+os.environ["DREAMLAB_CACHE"] = tempfile.mkdtemp(prefix="dreamlab-cache-")
 SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 
 
@@ -39,6 +43,7 @@ def small_array(square_photo) -> np.ndarray:
 def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 900):
     """`python -m dreamlab ARGS` as a user runs it; returns the CompletedProcess."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["DREAMLAB_CACHE"] = str(Path(cwd) / ".dreamlab-cache")  # this test's own
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "dreamlab", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -1,5 +1,6 @@
 """The command line as users type it: real Hydra multirun, real MLflow store (SQLite)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -95,9 +96,13 @@ def test_a_failing_job_spoils_nothing_and_the_sweep_exits_non_zero(tmp_path, squ
     assert parent.info.status == "FAILED"
     by_name = {r.info.run_name: r for r in all_runs if r.data.tags.get(PARENT)}
     assert by_name["layers=mixed3,octaves=1"].info.status == "FINISHED"
-    failed = by_name["layers=mixd5,octaves=1"]
-    assert failed.info.status == "FAILED"
-    assert "unknown layer 'mixd5'" in failed.data.tags["dreamlab.error"]
+    # Job 0 built InceptionV3, so job 1's wrong name is found before its run would exist: no
+    # run, the error in its record, the summary and the parent's job table.
+    assert "layers=mixd5,octaves=1" not in by_name
+    record = json.loads((tmp_path / "sweep" / "1" / "job.json").read_text())
+    assert record["status"] == "FAILED" and "unknown layer 'mixd5'" in record["error"]
+    assert "| 1 | FAILED | - |" in parent.data.tags["mlflow.note.content"]
+    assert "before any run was created" in proc.stderr
     assert (tmp_path / "sweep" / "0" / "dream.png").is_file()
 
 

@@ -257,13 +257,13 @@ def test_resume_redoes_a_job_whose_artifacts_are_gone_and_the_parent_lists_every
 
 
 def test_layer_names_are_checked_before_building_once_the_backbone_is_known(tmp_path):
-    """The first job of a backbone builds it and keeps its layer names (~/.cache/dreamlab);
+    """The first job of a backbone builds it and keeps its layer names ($DREAMLAB_CACHE);
     from then on a wrong name costs no TensorFlow and no run."""
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = {"DREAMLAB_CACHE": str(tmp_path / "cache")}
     uri = store_uri(tmp_path)
     first = run_cli(TINY + [f"mlflow.tracking_uri={uri}"], cwd=tmp_path, env_extra=env)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert list((tmp_path / "cache" / "dreamlab" / "layers").glob("mobilenet_v2-keras*.json"))
+    assert list((tmp_path / "cache" / "layers").glob("mobilenet_v2-keras*.json"))
     wrong = run_cli(TINY + ["layers=block_99_add", f"mlflow.tracking_uri={uri}", "hydra.run.dir=wrong"],
                     cwd=tmp_path, env_extra=env)
     assert wrong.returncode == 1

@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 import tempfile
+from pathlib import Path
+from typing import Optional
 
 VERBOSE_ENV = "DREAMLAB_VERBOSE"
 # Loggers whose records stay in the log file (all levels): their start-up and progress
@@ -62,17 +64,19 @@ class ConsoleFilter(logging.Filter):
 
 
 @contextlib.contextmanager
-def native_quiet():
+def native_quiet(keep: Optional[Path] = None):
     """Catch what C++ libraries write straight to file descriptor 2 while TensorFlow loads
     and finds its devices (absl's "All log messages before absl::InitializeLog()", oneDNN,
     cuda_stub, cuInit), which no Python or environment switch of TensorFlow 2.21 silences;
-    it goes to the job's log file."""
+    it goes to the job's log file. It is written to `keep` (the job folder's native.log) as
+    it comes, so that a library that aborts the process leaves its last words there; when
+    the block ends, the text moves into the job's log and the file goes."""
     if verbose():
         yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as caught:
+    with (open(keep, "w+b") if keep else tempfile.TemporaryFile(mode="w+b")) as caught:
         os.dup2(caught.fileno(), 2)
         try:
             yield
@@ -84,6 +88,8 @@ def native_quiet():
             text = caught.read().decode(errors="replace").strip()
             if text:
                 native_log.info("native start-up output:\n%s", text, extra={"file_only": True})
+            if keep:  # now in dreamlab.log; only a process that died leaves native.log behind
+                os.unlink(keep)
 
 
 @contextlib.contextmanager

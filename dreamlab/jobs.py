@@ -42,7 +42,7 @@ def run(cfg: DictConfig) -> float:
     try:
         # Every mistake the config can show is found here, before TensorFlow and before a run.
         conf = validate.job(cfg)
-        with console.native_quiet():
+        with console.native_quiet(job_dir / "native.log"):
             _freeze_long_lived()
             env_tags = slots.configure_tensorflow(cfg.threads, cfg.deterministic)
         fp = _fingerprint(cfg, resolved, hc) if cfg.mlflow.enabled else None

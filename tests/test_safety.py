@@ -271,3 +271,19 @@ def test_layer_names_are_checked_before_building_once_the_backbone_is_known(tmp_
     assert "native start-up output" not in (tmp_path / "wrong" / "dreamlab.log").read_text()
     assert error_lines(wrong.stderr)[0].startswith("dreamlab: error: unknown layer 'block_99_add' for backbone=mobilenet_v2")
     assert len(all_runs(uri)[1]) == 1  # only the first job's run
+
+
+def test_sigterm_ends_a_single_run_killed_with_143(tmp_path):
+    uri = store_uri(tmp_path)
+    proc = _start(TINY[:3] + ["octaves=1", "progress=false", "steps=20000", "hydra.run.dir=single",
+                              f"mlflow.tracking_uri={uri}"], tmp_path)
+    _wait_running(tmp_path / "single" / "job.json", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("dreamlab: interrupted by SIGTERM: the run in progress ended KILLED, "
+                                            "finished runs are kept")
+    [run] = all_runs(uri)[1]
+    assert run.info.status == "KILLED" and run.data.tags["dreamlab.error"] == "interrupted by SIGTERM"
+    assert json.loads((tmp_path / "single" / "job.json").read_text())["status"] == "KILLED"
+    assert integrity(tmp_path) == "ok"

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import config, images, slots
-from .errors import DreamlabError, Interrupted, interruption
+from .errors import DreamlabError, Interrupted, interruption, unwritable
 
 log = logging.getLogger("dreamlab")
 # conf/ sits beside the package in the source tree (installed editable); an absolute path
@@ -28,8 +28,6 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # purpose, and Hydra 1.3 still types them with the plugins' schemas; its deprecation note
 # about that would be printed on every command that picks them.
 warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
-# Hydra warns about a callback's exception and then re-raises it; dreamlab reports it once.
-warnings.filterwarnings("ignore", message=r"Callback MlflowSweep\..* raised")
 OmegaConf.register_new_resolver("sample_image", lambda: str(images.SAMPLE), replace=True)
 # 1 where the launching machine has GPUs (or pretend ones), else 0: the Ray launcher's
 # num_gpus per job (conf/hydra/launcher/ray.yaml).
@@ -71,17 +69,12 @@ def _report_config_errors(func):
         print(f"dreamlab: interrupted by {name}: the run in progress ended KILLED, finished runs are kept",
               file=sys.stderr)
         sys.exit(code)
-    except DreamlabError as exc:  # raised before any job ran (the sweep's start)
-        print(f"dreamlab: error: {exc}", file=sys.stderr)
-        sys.exit(1)
     except OSError as exc:
         # Hydra creates hydra.run.dir and hydra.sweep.dir itself, before any of dreamlab's
         # code runs; a folder it cannot make or write is a user's fix, not a traceback.
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not exc.filename:
             return _hydra_run_and_report(lambda: _raise(exc))
-        print(f"dreamlab: error: cannot create or write {exc.filename} ({exc.strerror}): set "
-              f"hydra.run.dir=... (one run) or hydra.sweep.dir=... (a sweep) to a writable folder, "
-              f"or fix its permissions", file=sys.stderr)
+        print(f"dreamlab: error: {unwritable(exc)}", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:
         return _hydra_run_and_report(lambda: _raise(exc))

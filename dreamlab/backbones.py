@@ -15,7 +15,7 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from .errors import DreamlabError, first_line
 
@@ -121,6 +121,18 @@ def presets(name: str) -> dict:
         if "default" in table:
             table.setdefault(recipe, table["default"])
     return table
+
+
+def layer_terms(name: str, layers: Any) -> tuple:
+    """The objective's terms of `layers` (a preset of this backbone, a name, a list or a map),
+    refusing a preset name the backbone does not have."""
+    from .objective import parse_layers
+
+    table = presets(name)
+    if isinstance(layers, str) and layers in ("default",) + RECIPES and layers not in table:
+        raise DreamlabError(f"this backbone has no '{layers}' layer preset: name its layers, for "
+                            f"example layers=NAME (python -m dreamlab.layers lists them)")
+    return parse_layers(layers, table)
 
 
 # Trained weights shipped inside the package (dreamlab/data/README.md: origin, licence), for a

@@ -39,6 +39,11 @@ class MlflowConfig:
     # false: dream without tracking (the job dir still gets dream.png).
     enabled: bool = True
 
+    def __post_init__(self) -> None:
+        check(bool(self.experiment.strip()), "mlflow.experiment must not be empty", "mlflow.experiment=dreamlab")
+        check(bool(self.tracking_uri.strip()), "mlflow.tracking_uri must not be empty",
+              "mlflow.tracking_uri=sqlite:///outputs/mlflow.db")
+
 
 @dataclass
 class Config(DreamSettings):
@@ -75,9 +80,6 @@ class Config(DreamSettings):
         check(self.frames >= 0, "frames must be >= 0 (0 = a single picture)", "frames=30")
         check(0 < self.zoom < 0.5, "zoom must be between 0 and 0.5", "zoom=0.05")
         check(self.threads >= 1, "threads must be >= 1", "threads=1")
-        check(bool(self.mlflow.experiment.strip()), "mlflow.experiment must not be empty", "mlflow.experiment=dreamlab")
-        check(bool(self.mlflow.tracking_uri.strip()), "mlflow.tracking_uri must not be empty",
-              "mlflow.tracking_uri=sqlite:///outputs/mlflow.db")
 
 
 def register() -> None:

@@ -41,11 +41,10 @@ def quiet_libraries() -> None:
     if verbose():
         return
     # TensorFlow's C++ logging after absl is initialised (the lines before that are caught
-    # by `native_quiet`); MLflow's own handler (database creation and migration lines);
-    # MLflow's per-file artifact progress bars.
+    # by `native_quiet`); MLflow's own handler (database creation and migration lines).
+    # MLflow's per-file artifact bars are off wherever dreamlab tracks (dreamlab.tracking).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class ConsoleFilter(logging.Filter):

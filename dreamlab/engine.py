@@ -25,7 +25,7 @@ import numpy as np
 
 from . import backbones
 from .errors import DreamlabError, first_line
-from .objective import Objective, parse_layers
+from .objective import Objective, parse_layers  # noqa: F401  (engine.parse_layers, as before)
 from .settings import DreamSettings
 
 OctaveCallback = Callable[[int, np.ndarray, list], None]
@@ -359,11 +359,7 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
     base = to_unit(image)
     if base.ndim != 3 or base.shape[-1] != 3:
         raise DreamlabError(f"the image must be H x W x 3 RGB, got shape {base.shape}")
-    table = backbones.presets(backbone)
-    if isinstance(layers, str) and layers in ("default",) + backbones.RECIPES and layers not in table:
-        raise DreamlabError(f"this backbone has no '{layers}' layer preset: name its layers, for "
-                            f"example layers=NAME (python -m dreamlab.layers lists them)")
-    objective = Objective(parse_layers(layers, table), s.objective, s.objective_border)
+    objective = Objective(backbones.layer_terms(backbone, layers), s.objective, s.objective_border)
     step = compiled_step(backbone, weights, objective, s.grad_norm, s.clip,
                          None if guide is None else to_unit(guide), s.precision, s.deterministic)
     sizes = octave_sizes(base.shape[0], base.shape[1], s)

@@ -15,6 +15,12 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def unwritable(exc: OSError) -> str:
+    """The one line for a job or sweep folder that cannot be made or written."""
+    return (f"cannot create or write {exc.filename} ({exc.strerror}): set hydra.run.dir=... (one run) "
+            f"or hydra.sweep.dir=... (a sweep) to a writable folder, or fix its permissions")
+
+
 class Interrupted(BaseException):
     """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt, so that the run in
     progress ends KILLED and the process exits 143. A BaseException, as KeyboardInterrupt is:

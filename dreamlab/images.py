@@ -33,15 +33,6 @@ def header(path: str, what: str = "image") -> tuple[int, int]:
         return (h, w) if _rotates(im) else (w, h)
 
 
-def verify(path: str, what: str = "image") -> None:
-    """Decode the whole file once (a truncated or corrupt one fails here, not mid-job)."""
-    with _opened(path, what) as im:
-        try:
-            im.load()
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise _unreadable(what, path, exc) from None
-
-
 def _unreadable(what: str, path: str, exc: BaseException) -> DreamlabError:
     """Truncated or corrupt picture data: the reason Pillow gives, kept."""
     return DreamlabError(f"cannot read {what} {path}: {first_line(exc)}; give a complete PNG, JPEG or "
@@ -90,19 +81,24 @@ def _rgb(im):
         # 16-bit grey (Pillow opens 16-bit PNGs as I or I;16): 0..65535 onto 0..255. A plain
         # convert("L") clips at 255 and makes such a scan almost white.
         a = np.asarray(im, dtype=np.float64)
-        a = a / 257.0 if im.mode != "I" or a.max() > 255 else a
-        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
+        return _grey_rgb(a / 257.0 if im.mode != "I" or a.max() > 255 else a)
     if im.mode == "F":
         a = np.asarray(im, dtype=np.float64)
-        a = a * 255.0 if a.max() <= 1.0 else a
-        return Image.fromarray(np.repeat(np.clip(np.round(a), 0, 255).astype(np.uint8)[..., None], 3, axis=-1))
+        return _grey_rgb(a * 255.0 if a.max() <= 1.0 else a)
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info) \
             or (im.mode in ("RGB", "L") and "transparency" in im.info):
         rgba = im.convert("RGBA")
         ground = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(ground, rgba).convert("RGB")
     return im.convert("RGB")  # RGB (16-bit RGB PNGs open as 8-bit RGB), L, 1, P, CMYK, YCbCr, ...
+
+
+def _grey_rgb(levels: np.ndarray):
+    """Grey levels on the 0..255 scale (any float) as an 8-bit RGB picture."""
+    from PIL import Image
+
+    grey = np.clip(np.round(levels), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
 
 
 class _opened:

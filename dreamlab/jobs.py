@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> float:
     tracker = None
     try:
         # Every mistake the config can show is found here, before TensorFlow and before a run.
-        conf = validate.job(cfg)
+        checked = validate.job(cfg)
         with console.native_quiet(job_dir / "native.log"):
             _freeze_long_lived()
             env_tags = slots.configure_tensorflow(cfg.threads, cfg.deterministic)
@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> float:
             tracker = _start_run(cfg, resolved, hc, fp, env_tags)
             sweep.write_job_record(job_dir, {**record, "status": "RUNNING", "run_id": tracker.run_id,
                                              "tracking_uri": cfg.mlflow.tracking_uri})
-        result = dream_job(conf, resolved, job_dir, tracker)
+        result = dream_job(checked, resolved, job_dir, tracker)
         record.update(status="FINISHED", loss=result.losses[-1], losses=result.losses)
         return result.losses[-1]
     except BaseException as exc:
@@ -96,11 +96,11 @@ def tracking_history(uri: str, run_id: str) -> list[float]:
     return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
-def dream_job(conf: "config.Config", resolved: dict, job_dir: Path, tracker):
+def dream_job(checked: "validate.Job", resolved: dict, job_dir: Path, tracker):
     """Dream, save dream.png and loss.png in job_dir and log it all; returns the result."""
     from . import plots
 
-    result = _dream(conf, tracker, job_dir)
+    result = _dream(checked, tracker, job_dir)
     out = images.save_png(result.image, job_dir / "dream.png")
     final = result.losses[-1]
     log.info("dream.png written to %s (final loss %.4g, %.1fs)", out, final, result.seconds)
@@ -117,20 +117,18 @@ def dream_job(conf: "config.Config", resolved: dict, job_dir: Path, tracker):
     return result
 
 
-def _dream(conf: "config.Config", tracker, job_dir: Path):
+def _dream(checked: "validate.Job", tracker, job_dir: Path):
     from . import engine
     from .settings import DreamSettings
 
+    conf, picture, guide = checked.conf, checked.photo, checked.guide
     if conf.image is None:
         picture = images.noise(conf.max_size or 512, conf.seed)
     else:
-        picture = images.load(conf.image, conf.max_size)
         if tracker is not None:
             tracker.log_artifact(conf.image, "input")
             tracker.set_tags({"dreamlab.input_sha256": images.sha256(conf.image)})
-    guide = None
     if conf.guide is not None:
-        guide = images.load(conf.guide, conf.max_size, what="guide")
         if tracker is not None:
             tracker.log_artifact(conf.guide, "guide")
             tracker.set_tags({"dreamlab.guide_sha256": images.sha256(conf.guide)})

@@ -41,7 +41,7 @@ def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/rep
     from mlflow.exceptions import MlflowException
     from omegaconf import OmegaConf
 
-    from . import config, jobs, slots, tracking
+    from . import jobs, slots, tracking, validate
 
     client = tracking.client(tracking_uri)
     try:
@@ -61,8 +61,8 @@ def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/rep
     if resolved.get("guide") is not None:
         resolved["guide"] = _download_checked(client, run, "guide", "dreamlab.guide_sha256", fetched)
     resolved["mlflow"]["tracking_uri"] = tracking_uri
-    cfg = OmegaConf.merge(OmegaConf.structured(config.Config), resolved)
-    conf = OmegaConf.to_object(cfg)
+    checked = validate.job(OmegaConf.create(resolved))
+    conf = checked.conf
     # The original's thread count is in its config: the same pools give the same bytes.
     env_tags = slots.configure_tensorflow(conf.threads, conf.deterministic)
     experiment = client.get_experiment(run.info.experiment_id).name
@@ -71,7 +71,7 @@ def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/rep
     tags = {"reproduces": run_id, tracking.JOB_TAG: "0", **tracking.environment(), **env_tags}
     tracker = tracking.JobRun(tracking_uri, experiment, f"reproduce {run.info.run_name}", params, tags)
     try:
-        jobs.dream_job(conf, resolved, job_dir, tracker)
+        jobs.dream_job(checked, resolved, job_dir, tracker)
     except BaseException as exc:
         tracker.end(error=first_line(exc))
         raise

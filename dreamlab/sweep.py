@@ -18,7 +18,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import DreamlabError
+from .errors import DreamlabError, unwritable
 
 SWEEP_FILE = "mlflow_sweep.json"
 PARENT_ENV = "DREAMLAB_PARENT_RUN_ID"
@@ -89,15 +89,9 @@ class MlflowSweep(Callback):
         params = OmegaConf.to_container(params, resolve=True) if params else {}
         keys = swept_keys(overrides, params)
         info = {"parent_run_id": None, "swept": keys, "experiment_id": None}
-        # The folder first: one that cannot be made stops the sweep before its parent run exists.
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        self._check(config, sweep_dir)
         if config.mlflow.enabled:
-            from . import tracking, validate
-
-            if not str(config.mlflow.experiment).strip():
-                raise DreamlabError("mlflow.experiment must not be empty (for example mlflow.experiment=dreamlab)")
-            validate.tracking_store(config.mlflow.tracking_uri)
-            from . import runs
+            from . import runs, tracking
 
             killed, _ = runs.cleanup(config.mlflow.tracking_uri, config.mlflow.experiment)
             if killed:
@@ -122,8 +116,25 @@ class MlflowSweep(Callback):
             info.update(parent_run_id=run_id, experiment_id=exp)
             ACTIVE.update(sweep_dir=sweep_dir, tracking_uri=uri, info=info)
             os.environ[PARENT_ENV] = run_id
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
+
+    @staticmethod
+    def _check(config: DictConfig, sweep_dir: Path) -> None:
+        """The sweep's folder and store, before its parent run exists. Hydra turns a callback's
+        exception into a warning and goes on, so a mistake here ends the process itself, in
+        one line, as a job's would."""
+        from . import validate
+
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            if config.mlflow.enabled:
+                validate.store(config.mlflow)
+        except DreamlabError as exc:
+            print(f"dreamlab: error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except OSError as exc:
+            print(f"dreamlab: error: {unwritable(exc)}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -2,7 +2,8 @@
 imported (~7 s) and before an MLflow run exists. A mistake here is one line and no run.
 
 `job(cfg)` returns the typed config (the schema's types and every knob's values, checked by
-`DreamSettings`), after checking the files it names (image, guide, weights, custom model),
+`DreamSettings`) and the decoded pictures, after checking the files it names (image, guide,
+weights, custom model),
 the memory the largest octave needs, and the tracking store (its scheme, that a local store's
 folder is writable, that a server answers within 5 s).
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import os
 import urllib.request
+from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from . import backbones, config, images, slots
@@ -24,23 +27,40 @@ SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "d
 SERVER_TIMEOUT_S = 5.0
 
 
-def job(cfg: DictConfig) -> config.Config:
+@dataclass
+class Job:
+    """A job's checked config and its pictures, decoded once (None: image=null / no guide)."""
+
+    conf: config.Config
+    photo: Optional[np.ndarray]
+    guide: Optional[np.ndarray]
+
+
+def job(cfg: DictConfig) -> Job:
     conf: config.Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config.Config), cfg))
+    photo, guide = pictures(conf)
+    _weights(conf)
+    _layers(conf)
+    if conf.mlflow.enabled:
+        tracking_store(conf.mlflow.tracking_uri)
+    return Job(conf, photo, guide)
+
+
+def pictures(conf: config.Config) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """The photo and the guide, decoded whole (a truncated file fails here), after checking
+    from the photo's header alone that its largest octave fits in memory."""
     settings = DreamSettings(**{name: getattr(conf, name) for name in DreamSettings.names()})
+    photo = guide = None
     if conf.image is None:
         side = conf.max_size or 512
         fits_memory((side, side), settings, "image=null")
     else:
         fits_memory(images.target_size(images.header(conf.image), conf.max_size), settings,
                     f"max_size={conf.max_size}" if conf.max_size else "max_size=null (the photo's own size)")
-        images.verify(conf.image)
+        photo = images.load(conf.image, conf.max_size)
     if conf.guide is not None:
-        images.verify(conf.guide, what="guide")
-    _weights(conf)
-    _layers(conf)
-    if conf.mlflow.enabled:
-        tracking_store(conf.mlflow.tracking_uri)
-    return conf
+        guide = images.load(conf.guide, conf.max_size, what="guide")
+    return photo, guide
 
 
 def fits_memory(size: tuple[int, int], settings: DreamSettings, cause: str) -> None:
@@ -62,16 +82,12 @@ def fits_memory(size: tuple[int, int], settings: DreamSettings, cause: str) -> N
 def _layers(conf: config.Config) -> None:
     """Layer names, when this backbone's list is known without building it (cached by an
     earlier job of this machine); otherwise the built network checks them."""
-    from .objective import parse_layers
-
     names = backbones.known_layers(conf.backbone.name)
     if names is None:
         return
-    table = backbones.presets(conf.backbone.name)
-    if isinstance(conf.layers, str) and conf.layers in ("default",) + backbones.RECIPES and conf.layers not in table:
-        return  # the engine words that one
     layers = OmegaConf.to_container(conf.layers) if OmegaConf.is_config(conf.layers) else conf.layers
-    backbones.check_layer_names(names, conf.backbone.name, [t.layer for t in parse_layers(layers, table)])
+    backbones.check_layer_names(names, conf.backbone.name,
+                                [t.layer for t in backbones.layer_terms(conf.backbone.name, layers)])
 
 
 def _weights(conf: config.Config) -> None:
@@ -91,6 +107,13 @@ def _weights(conf: config.Config) -> None:
         raise DreamlabError(f"weights file {what}: {resolved}; give backbone.weights=PATH of a .weights.h5 or "
                             f".h5 file, or backbone.weights=imagenet (download), backbone.weights=bundled (mobilenet_v2) "
                             f"or backbone.weights=null (random)")
+
+
+def store(mlflow: DictConfig) -> None:
+    """A sweep's store, before its parent run: the schema's checks of the mlflow keys, then
+    the store itself."""
+    checked: config.MlflowConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config.MlflowConfig), mlflow))
+    tracking_store(checked.tracking_uri)
 
 
 def tracking_store(uri: str) -> None:

@@ -21,9 +21,6 @@ from pathlib import Path
 
 from .errors import DreamlabError, first_line
 
-# Params that differ between runs without changing what was dreamt.
-_IGNORED = ("mlflow.", "progress", "resume")
-
 
 def select_runs(client, experiment: str, sweep: str | None, where: str | None):
     from . import tracking
@@ -42,7 +39,10 @@ def select_runs(client, experiment: str, sweep: str | None, where: str | None):
 
 
 def varying(runs) -> list[str]:
-    keys = sorted({k for r in runs for k in r.data.params if not k.startswith(_IGNORED)})
+    from .config import PLACE, role
+
+    # Params that differ between runs without changing what was dreamt (the schema's roles).
+    keys = sorted({k for r in runs for k in r.data.params if role(k) != PLACE})
     return [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
 
 

@@ -8,36 +8,38 @@ backbone table, so adding a backbone there adds `backbone=NAME` here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+import functools
+from dataclasses import MISSING, dataclass, fields, is_dataclass
+from typing import Any, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from . import backbones
-from .settings import DreamSettings, check
+from .settings import PLACE, WORK, DreamSettings, check, option
 
 
 @dataclass
 class BackboneConfig:
-    # A key of dreamlab.backbones.BACKBONES (InceptionV3 is inception_v3).
-    name: str = "inception_v3"
-    # imagenet (Keras' download and cache), bundled (the trained weights shipped inside
-    # dreamlab, mobilenet_v2 only: no download), null (random weights), or a .weights.h5/.h5 path.
+    name: str = option("inception_v3", "the network: a key of dreamlab.backbones.BACKBONES "
+                                       "(python -m dreamlab.layers lists them), or custom")
     # A custom model keeps the weights saved in its file unless a path is given.
-    weights: Optional[str] = "imagenet"
-    # backbone=custom: the user's own Keras model file (.keras, loaded with safe_mode) and
-    # the pixels it expects: tf ([-1, 1]), caffe, torch, raw (0..255) or unit (0..1).
-    path: Optional[str] = None
-    preprocess: str = "tf"
+    weights: Optional[str] = option(
+        "imagenet", "imagenet (Keras' download and cache), bundled (the MobileNetV2 weights shipped in "
+        "dreamlab), null (random weights), or a .weights.h5/.h5 path")
+    path: Optional[str] = option(None, "backbone=custom: the user's own Keras model file (.keras, loaded "
+                                       "with safe_mode)")
+    preprocess: str = option("tf", "backbone=custom: the pixels it expects: tf ([-1, 1]), caffe, torch, "
+                                   "raw (0..255) or unit (0..1)")
 
 
 @dataclass
 class MlflowConfig:
-    # Where runs go; MLFLOW_TRACKING_URI wins when set, as everywhere in MLflow.
-    tracking_uri: str = "${oc.env:MLFLOW_TRACKING_URI,sqlite:///outputs/mlflow.db}"
-    experiment: str = "dreamlab"
-    # false: dream without tracking (the job dir still gets dream.png).
-    enabled: bool = True
+    # MLFLOW_TRACKING_URI wins when set, as everywhere in MLflow.
+    tracking_uri: str = option("${oc.env:MLFLOW_TRACKING_URI,sqlite:///outputs/mlflow.db}",
+                               "where runs go (MLFLOW_TRACKING_URI wins when set)", role=PLACE)
+    experiment: str = option("dreamlab", "the MLflow experiment of the runs", role=PLACE)
+    enabled: bool = option(True, "false: dream without tracking (the job folder still gets dream.png)",
+                           role=PLACE)
 
     def __post_init__(self) -> None:
         check(bool(self.experiment.strip()), "mlflow.experiment must not be empty", "mlflow.experiment=dreamlab")
@@ -47,32 +49,26 @@ class MlflowConfig:
 
 @dataclass
 class Config(DreamSettings):
-    # The photo; the default is the bundled sample; null dreams from seeded noise.
-    image: Optional[str] = "${sample_image:}"
-    # Longest side after loading, in pixels (null keeps the photo's size).
-    max_size: Optional[int] = 512
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    # A preset of the backbone (default, tutorial, keras, ...), a layer name, a list of
-    # names, or a {layer: weight} map (a weight may be {weight: W, channels: [...]}).
-    layers: Any = "default"
-    # A picture whose features the layers pull toward (Google's objective_guide); null: none.
-    guide: Optional[str] = None
-    # Google's zoom video: frames > 0 dreams each frame from the previous one zoomed in by
-    # `zoom` (0.05 = 5%), saved as frames/*.png and zoom.gif.
-    frames: int = 0
-    zoom: float = 0.05
-    # In a multirun, skip a job whose exact work (config, input photo, weights) already has a
-    # FINISHED run in the experiment; false reruns everything.
-    resume: bool = True
-    # A per-job progress bar on the console.
-    progress: bool = True
-    # TensorFlow's intra-op threads per job. The picture's bytes depend on it (oneDNN splits
-    # some gradients by thread), so it is a config key with one default everywhere: with 1,
+    image: Optional[str] = option("${sample_image:}", "the photo (default: the bundled sample); "
+                                  "null dreams from seeded noise", by_content=True)
+    max_size: Optional[int] = option(512, "longest side after loading, in pixels (null keeps the photo's size)")
+    backbone: BackboneConfig = option(help="the network whose layers are amplified", factory=BackboneConfig)
+    # A weight may be {weight: W, channels: [...]}.
+    layers: Any = option("default", "a preset of the backbone (default, tutorial, keras, ...), a layer "
+                                    "name, a list of names, or a {layer: weight} map")
+    guide: Optional[str] = option(None, "a picture whose features the layers pull toward (Google's "
+                                        "objective_guide); null: none", by_content=True)
+    frames: int = option(0, "zoom video: frames > 0 dreams each frame from the previous one zoomed in by "
+                            "zoom (frames/*.png, zoom.gif)")
+    zoom: float = option(0.05, "zoom per frame of the zoom video (0.05 = 5%)")
+    resume: bool = option(True, "in a multirun, skip a job whose exact work already has a FINISHED run; "
+                                "false reruns everything", role=PLACE)
+    progress: bool = option(True, "a per-job progress bar on the console", role=PLACE)
+    # oneDNN splits some gradients by thread, so the count shapes the picture's bytes: with 1,
     # a job gives the same picture in process, in a parallel worker, on SLURM or on Ray, and
     # the other cores of a process still work through inter-op parallelism (dreamlab.slots).
-    threads: int = 1
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-
+    threads: int = option(1, "TensorFlow's intra-op threads per job (the picture's last bits depend on it)")
+    mlflow: MlflowConfig = option(help="where and how runs are tracked", role=PLACE, factory=MlflowConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,7 +78,107 @@ class Config(DreamSettings):
         check(self.threads >= 1, "threads must be >= 1", "threads=1")
 
 
+@dataclass
+class Environment:
+    """The `env.*` tags of every run: what it ran on. `work` ones can change a picture's bytes
+    (reproduce reports them when they differ); `place` ones only say where it ran."""
+    dreamlab: str = option("", "dreamlab's version")
+    git_commit: str = option("", "dreamlab's commit, when run from a git checkout")
+    python: str = option("", "Python's version")
+    tensorflow: str = option("", "TensorFlow's version")
+    keras: str = option("", "Keras' version")
+    cpu: str = option("", "the CPU model (kernels and their rounding differ between CPUs)")
+    gpu: str = option("", "the GPUs TensorFlow sees, or none")
+    threads: str = option("", "the intra-op threads the job used")
+    deterministic: str = option("", "whether TensorFlow's deterministic ops were on")
+    device: str = option("", "the slot: cpu:CORES or gpu:N", role=PLACE)
+    inter_op_threads: str = option("", "TensorFlow's inter-op threads", role=PLACE)
+    cuda_visible_devices: str = option("", "CUDA_VISIBLE_DEVICES of the job", role=PLACE)
+    slurm_job_id: str = option("", "the SLURM job that ran it", role=PLACE)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One config key as the docs and `--help` show it."""
+    key: str
+    type: str
+    default: str
+    help: str
+    role: str
+    by_content: bool
+
+
+def options(schema: type = Config, prefix: str = "") -> list[Option]:
+    """Every key of the schema, nested groups flattened (`backbone.weights`), in order."""
+    out = []
+    for f in fields(schema):
+        key = prefix + f.name
+        if is_dataclass(f.type if isinstance(f.type, type) else None) or f.default_factory is not MISSING:
+            group = f.default_factory if f.default_factory is not MISSING else f.type
+            out.extend(Option(o.key, o.type, o.default, o.help, f.metadata["role"] if f.metadata["role"] == PLACE
+                              else o.role, o.by_content) for o in options(group, key + "."))
+            continue
+        out.append(Option(key, _type_name(f.type), _cli(f.default), f.metadata["help"], f.metadata["role"],
+                          f.metadata["by_content"]))
+    return out
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def _cli(value: Any) -> str:
+    """A default as it is written on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def role(key: str, schema: type = Config) -> str:
+    """The role of a dotted key; keys the schema does not know (another version's params) are
+    work, so nothing that might shape a picture is ever left out."""
+    return _roles(schema).get(key, (WORK, False))[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _roles(schema: type) -> dict[str, tuple[str, bool]]:
+    return {o.key: (o.role, o.by_content) for o in options(schema)}
+
+
+def work(resolved: Mapping[str, Any], schema: type = Config, prefix: str = "") -> dict[str, Any]:
+    """The resolved config less its place keys and by-content paths: what the resume
+    fingerprint hashes (beside the files' content)."""
+    roles = _roles(schema)
+    out = {}
+    for key, value in resolved.items():
+        name = prefix + key
+        if isinstance(value, Mapping) and value:
+            kept = work(value, schema, name + ".")
+            if kept:
+                out[key] = kept
+        elif roles.get(name, (WORK, False)) == (WORK, False):
+            out[key] = value
+    return out
+
+
+def place_tags() -> tuple[str, ...]:
+    """The `env.*` tags that only say where a job ran."""
+    return tuple(f"env.{f.name}" for f in fields(Environment) if f.metadata["role"] == PLACE)
+
+
+def options_help() -> str:
+    """The options list of `python -m dreamlab --help`, from the schema."""
+    width = max(len(o.key) for o in options())
+    return "\n".join(f"  {o.key:<{width}}  {o.help} [{o.default}]" for o in options())
+
+
 def register() -> None:
+    from omegaconf import OmegaConf
+
+    # `$` escaped: Hydra fills the help template with string.Template.
+    OmegaConf.register_new_resolver("dreamlab_options", lambda: options_help().replace("$", "$$"), replace=True)
     cs = ConfigStore.instance()
     cs.store(name="dreamlab_schema", node=Config)
     # Plain dicts, typed by the schema's `backbone` field when merged: Hydra deep-copies the

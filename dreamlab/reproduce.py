@@ -41,7 +41,7 @@ def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/rep
     from mlflow.exceptions import MlflowException
     from omegaconf import OmegaConf
 
-    from . import jobs, slots, tracking, validate
+    from . import config, jobs, slots, tracking, validate
 
     client = tracking.client(tracking_uri)
     try:
@@ -80,7 +80,7 @@ def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/rep
     report["run_id"] = tracker.run_id
     # Where a job ran does not shape the picture; what does is compared.
     report["environment"] = {k: (run.data.tags.get(k, "?"), v) for k, v in tags.items()
-                             if k.startswith("env.") and k not in slots.PLACE_TAGS
+                             if k.startswith("env.") and k not in config.place_tags()
                              and run.data.tags.get(k, "?") != v}
     client.set_tag(tracker.run_id, "dreamlab.identical", str(report["identical"]).lower())
     if not report["identical"]:

@@ -9,8 +9,8 @@ of the same name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Optional
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Optional
 
 from .errors import DreamlabError
 
@@ -21,64 +21,75 @@ OCTAVE_SIZES = ("round_previous", "floor_base", "floor_base_float32")
 RESIZES = ("align_corners", "half_pixel")
 PRECISIONS = ("float32", "mixed_bfloat16")
 
+# What a key is to a run, declared once per field (`option(..., role=)`): the resume
+# fingerprint, `compare` and `reproduce` all read it from here.
+WORK = "work"    # shapes the picture: in the resume fingerprint, shown by compare
+PLACE = "place"  # where or how a job ran or is tracked, not what it dreamt: neither
+ROLES = (WORK, PLACE)
+
+
+def option(default: Any = MISSING, help: str = "", *, role: str = WORK, by_content: bool = False,
+           factory: Any = MISSING):
+    """A schema field with its one-line meaning (the docs' options reference and `--help` are
+    generated from it) and its role. `by_content`: a file path whose content, not its name,
+    shapes the picture (the fingerprint hashes the file instead of the path)."""
+    if not help or role not in ROLES:
+        raise ValueError(f"option needs a one-line help and a role in {ROLES}: {help!r}, {role!r}")
+    meta = {"help": help, "role": role, "by_content": by_content}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 @dataclass
 class DreamSettings:
     # Octaves: the image is dreamt at `octaves` sizes, smallest first, each `octave_scale`
-    # times the previous; `octaves_above` of them are larger than the input (the tutorial's 2).
-    octaves: int = 4
-    octave_scale: float = 1.4
-    octaves_above: int = 0
-    # How each octave's size is computed, exactly as each reference does it (a size one pixel
-    # off changes every pixel of the dream): round_previous (Google: round(side * (1/scale))
-    # of the previous level, the size scipy.ndimage.zoom gives), floor_base (Keras example:
-    # int(base / scale**i)), floor_base_float32 (tutorial: int(float32(base) * scale**n),
-    # computed in float32 as its tf.cast does, which differs from floor_base at some sizes).
-    octave_sizes: str = "round_previous"
-    # How images are resized between octaves (both bilinear): align_corners (Google's
-    # scipy.ndimage.zoom(order=1): corner pixels map to corner pixels) or half_pixel
-    # (tf.image.resize, the tutorial and the Keras example: pixel centres scale).
-    resize: str = "align_corners"
-    # Gradient-ascent steps per octave.
-    steps: int = 10
-    # Step size in units of the [-1, 1] image range (Google's 1.5 pixel step is 1.5/127.5);
-    # the same value means the same visual strength on every backbone.
-    step_size: float = 0.011764706
-    # Score of a layer: mean (tutorial), mean_square (Keras example), l2 = 0.5*sum(a^2) (Google).
-    objective: str = "l2"
-    # Pixels left out at each border of the activation (the Keras example's 2); the divisor
-    # stays the full size, as in the reference.
-    objective_border: int = 0
-    # Gradient normalisation: std (tutorial), mean_abs (Google: x += step_size / mean|g| * g),
-    # mean_abs_keras (the Keras example: g /= mean|g|; x += step_size * g), l2 (root mean
-    # square). The two mean_abs are the same maths in another order of float operations,
-    # which gradient ascent amplifies: one for the other is ~28 dB from the reference.
-    grad_norm: str = "mean_abs"
-    # What travels up the octaves: dream (Google: the dreamt detail), photo (Keras: the
-    # photo's lost detail), none (tutorial: the image is just resized).
-    detail: str = "dream"
-    # Random roll of at most this many pixels before every step (0 = off).
-    jitter: int = 32
-    # Clip to the valid pixel range after every step.
-    clip: bool = True
-    # Stop an octave once its loss exceeds this (the Keras example's 15); null = never.
-    max_loss: Optional[float] = None
-    # Octaves larger than this are computed tile by tile over a randomly rolled image, so
-    # memory is bounded by the tile, not the picture (0 = always the whole image at once).
-    tile_size: int = 512
-    # Seeds the jitter and the noise image; same seed, config and machine: same bytes.
-    seed: int = 0
-    # Keep the photo's colours: only the luminance of the dream is kept.
-    preserve_colors: bool = False
-    # Arithmetic of the network: float32, or mixed_bfloat16 (bfloat16 activations, float32
-    # weights, BatchNorm folded into the convolutions): 2.4x faster steps on CPUs with AMX,
-    # but gradient ascent amplifies its rounding into a different picture (~25 dB PSNR from
-    # float32), so float32 stays the default (README, Performance).
-    precision: str = "float32"
-    # TensorFlow's deterministic ops (same config, seed and machine: same bytes). Free on
-    # CPUs; on GPUs some ops are slower and a few have no deterministic kernel at all, which
-    # stops the dream with an error naming this key: false then runs it, not byte-exact.
-    deterministic: bool = True
+    # times the previous.
+    octaves: int = option(4, "number of scales the image is dreamt at, smallest first")
+    octave_scale: float = option(1.4, "size ratio between two successive octaves")
+    octaves_above: int = option(0, "how many octaves are larger than the input (the tutorial's 2)")
+    # A size one pixel off changes every pixel of the dream, so each reference's own
+    # arithmetic is kept; floor_base_float32 differs from floor_base at some sizes.
+    octave_sizes: str = option(
+        "round_previous", "octave size rule: round_previous (Google: round(side / scale) of the previous "
+        "level), floor_base (Keras: int(base / scale**i)), floor_base_float32 (tutorial, in float32)")
+    resize: str = option(
+        "align_corners", "bilinear resize between octaves: align_corners (Google's scipy.ndimage.zoom) "
+        "or half_pixel (tf.image.resize: the tutorial and the Keras example)")
+    steps: int = option(10, "gradient-ascent steps per octave")
+    # In units of the [-1, 1] range, so one value means the same visual strength on every
+    # backbone (Google's 1.5 pixel step is 1.5/127.5).
+    step_size: float = option(0.011764706, "step size, in units of the [-1, 1] image range")
+    objective: str = option(
+        "l2", "score of a layer: mean (tutorial), mean_square (Keras example), l2 = 0.5*sum(a^2) (Google)")
+    # The divisor stays the full size, as in the Keras reference.
+    objective_border: int = option(0, "pixels left out at each border of the activation (the Keras example's 2)")
+    # The two mean_abs are the same maths in another order of float operations, which
+    # gradient ascent amplifies: one for the other is ~28 dB from the reference.
+    grad_norm: str = option(
+        "mean_abs", "gradient normalisation: std (tutorial), mean_abs (Google: x += step_size / mean|g| * g), "
+        "mean_abs_keras (Keras: g /= mean|g|; x += step_size * g), l2 (root mean square)")
+    detail: str = option(
+        "dream", "what travels up the octaves: dream (Google: the dreamt detail), photo (Keras: the photo's "
+        "lost detail), none (tutorial: the image is just resized)")
+    jitter: int = option(32, "random roll of at most this many pixels before every step (0 = off)")
+    clip: bool = option(True, "clip to the valid pixel range after every step")
+    max_loss: Optional[float] = option(None, "stop an octave once its loss exceeds this (the Keras example's 15); "
+                                             "null = never")
+    # Memory is then bounded by the tile, not the picture.
+    tile_size: int = option(512, "octaves larger than this are dreamt tile by tile over a randomly rolled "
+                                 "image (0 = never)")
+    seed: int = option(0, "seeds the jitter and the noise image; same seed, config and machine: same bytes")
+    preserve_colors: bool = option(False, "keep the photo's colours: only the dream's luminance is kept")
+    # Gradient ascent amplifies bfloat16's rounding into a different picture (~25 dB PSNR from
+    # float32), so float32 stays the default (docs: Performance).
+    precision: str = option(
+        "float32", "network arithmetic: float32, or mixed_bfloat16 (bfloat16 activations, BatchNorm folded; "
+        "faster on CPUs with AMX)")
+    # On GPUs some ops are slower and a few have no deterministic kernel at all, which stops
+    # the dream with an error naming this key.
+    deterministic: bool = option(True, "TensorFlow's deterministic ops: same config, seed and machine give "
+                                       "the same bytes")
 
     def __post_init__(self) -> None:
         check(self.octaves >= 1, "octaves must be >= 1", "octaves=4")

@@ -155,8 +155,6 @@ def enter(slot_json: str) -> None:
 
 
 _configured: dict = {}
-# The tags that say where a job ran, not what shapes its picture (reproduce compares the rest).
-PLACE_TAGS = ("env.device", "env.inter_op_threads", "env.cuda_visible_devices", "env.slurm_job_id")
 
 
 def configure_tensorflow(threads: int, deterministic: bool = True) -> dict[str, str]:

@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # dreamlab's layer-name cache (backbones.known_layers) changes where an unknown layer fails
 # (before or after building): each test starts without one, and the user's stays untouched.
 os.environ["DREAMLAB_CACHE"] = tempfile.mkdtemp(prefix="dreamlab-cache-")
-SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
+# The trained MobileNetV2 that ships inside dreamlab (backbone.weights=bundled): the tests read
+# nothing outside the repository.
+TRAINED_WEIGHTS = ROOT / "dreamlab" / "data" / "mobilenet_v2_imagenet_notop.weights.h5"
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import SHARED_WEIGHTS, error_lines, run_cli, store_uri
+from conftest import TRAINED_WEIGHTS, error_lines, run_cli, store_uri
 
 PARENT = "mlflow.parentRunId"
 # Keep the module's tests on one xdist worker: they share the literal sweep's store.
@@ -108,7 +108,7 @@ def test_a_failing_job_spoils_nothing_and_the_sweep_exits_non_zero(tmp_path, squ
 
 def test_single_run_is_one_run_without_parent_and_byte_identical_when_repeated(tmp_path, square_photo):
     uri = store_uri(tmp_path)
-    common = ["backbone=mobilenet_v2", f"backbone.weights={SHARED_WEIGHTS}", "layers=block_9_add",
+    common = ["backbone=mobilenet_v2", f"backbone.weights={TRAINED_WEIGHTS}", "layers=block_9_add",
               f"image={square_photo}", "max_size=96", "octaves=2", "steps=3", "seed=3",
               f"mlflow.tracking_uri={uri}"]
     first = run_cli(common + ["hydra.run.dir=a"], cwd=tmp_path)

@@ -1,7 +1,7 @@
 """The typed schema through Hydra's own compose API."""
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from dreamlab import app, backbones, config
@@ -9,7 +9,7 @@ from dreamlab.errors import DreamlabError
 
 
 def composed(*overrides):
-    with initialize_config_dir(config_dir=app.CONF_DIR, version_base="1.3"):
+    with initialize_config_module(config_module="dreamlab.conf", version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
 

@@ -7,11 +7,11 @@ import dreamlab
 from dreamlab import engine
 from dreamlab.errors import DreamlabError
 
-from conftest import SHARED_WEIGHTS
+from conftest import TRAINED_WEIGHTS
 
 # The real trained MobileNetV2: an untrained one's gradients are ~1e-14, below the
 # references' normalisation epsilon, so it barely moves a picture (see README).
-TRAINED = dict(backbone="mobilenet_v2", weights=str(SHARED_WEIGHTS))
+TRAINED = dict(backbone="mobilenet_v2", weights=str(TRAINED_WEIGHTS))
 RANDOM = dict(backbone="mobilenet_v2", weights=None)
 
 

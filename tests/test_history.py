@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import SHARED_WEIGHTS, error_lines, run_cli, store_uri
+from conftest import TRAINED_WEIGHTS, error_lines, run_cli, store_uri
 from dreamlab.tracking import EXPERIMENT_KIND, VIEW_TAG, ui_link
 
 pytestmark = pytest.mark.xdist_group("history")
@@ -29,7 +29,7 @@ def sweep(tmp_path_factory, square_photo):
     shutil.copy(square_photo, photo)
     uri = store_uri(work)
     args = ["-m", "layers=block_9_add,block_12_add", "octaves=1,2", "backbone=mobilenet_v2",
-            f"backbone.weights={SHARED_WEIGHTS}", f"image={photo}", "max_size=96", "steps=3",
+            f"backbone.weights={TRAINED_WEIGHTS}", f"image={photo}", "max_size=96", "steps=3",
             "progress=false", f"mlflow.tracking_uri={uri}"]
     first = run_cli(args + ["hydra.sweep.dir=first"], cwd=work)
     again = run_cli(args + ["hydra.sweep.dir=again"], cwd=work)

@@ -15,7 +15,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import SHARED_WEIGHTS, run_cli, store_uri
+from conftest import TRAINED_WEIGHTS, run_cli, store_uri
 
 PARENT = "mlflow.parentRunId"
 pytestmark = pytest.mark.xdist_group("parallel")
@@ -194,7 +194,7 @@ def test_two_sweeps_started_at_once_on_a_fresh_store_keep_their_parents(tmp_path
 
 def test_eight_jobs_on_two_workers_lose_no_param_loss_point_or_picture(tmp_path, square_photo):
     uri = store_uri(tmp_path)
-    proc = run_cli(["-m", "backbone=mobilenet_v2", f"backbone.weights={SHARED_WEIGHTS}",
+    proc = run_cli(["-m", "backbone=mobilenet_v2", f"backbone.weights={TRAINED_WEIGHTS}",
                     "layers=block_5_add,block_9_add", "octaves=1,2", "seed=0,1", f"image={square_photo}",
                     "max_size=96", "steps=3", "progress=false", f"mlflow.tracking_uri={uri}",
                     "hydra.sweep.dir=sweep", "hydra/launcher=parallel", "hydra.launcher.workers=2"], cwd=tmp_path)

@@ -7,9 +7,9 @@ import numpy as np
 import dreamlab
 from dreamlab import backbones, engine
 
-from conftest import SHARED_WEIGHTS
+from conftest import TRAINED_WEIGHTS
 
-WEIGHTS = str(SHARED_WEIGHTS)
+WEIGHTS = str(TRAINED_WEIGHTS)
 
 
 def features(model, layer: str, picture: np.ndarray) -> np.ndarray:
@@ -35,13 +35,20 @@ def test_bfloat16_copy_folds_batchnorm_and_keeps_the_features(small_array):
                   and type(l.input._keras_history[0]) is keras.layers.Conv2D]
     assert folded == after_conv and len(folded) > 15
     assert bf16.compute_dtype == "bfloat16" or bf16.layers[1].compute_dtype == "bfloat16"
-    # The fold is exact up to float32 rounding; bfloat16 (8-bit mantissa) keeps the features
-    # to a few percent, at a folded BN and deep in the network.
+    # The fold is exact up to float32 rounding. bfloat16's error depends on the CPU's kernels
+    # (AMX, AVX-512 BF16 and plain AVX-512 round differently: 0.08 here, 0.11 seen on an AMD
+    # EPYC), so the bound is this machine's own: Keras' mixed_bfloat16 policy on the unfolded
+    # model rounds each convolution's weights and output to bfloat16 once, as the folded copy
+    # does, so both errors are of one size; 2x leaves room for the folded weights' own rounding.
     exact = backbones.fold_batchnorm(f32)
+    unfolded = keras.models.clone_model(f32, clone_function=lambda layer: layer.__class__.from_config(
+        {**layer.get_config(), "dtype": "mixed_bfloat16"}))
+    unfolded.set_weights(f32.get_weights())
     for layer in (folded[3], "block_9_add"):
         a = features(f32, layer, small_array)
-        assert np.linalg.norm(features(exact, layer, small_array) - a) / np.linalg.norm(a) < 1e-5
-        assert np.linalg.norm(features(bf16, layer, small_array) - a) / np.linalg.norm(a) < 0.1
+        error = lambda model: np.linalg.norm(features(model, layer, small_array) - a) / np.linalg.norm(a)
+        assert error(exact) < 1e-5
+        assert 0 < error(bf16) < 2 * error(unfolded), (layer, error(bf16), error(unfolded))
 
 
 def test_mixed_bfloat16_dreams(small_array):

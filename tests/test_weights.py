@@ -10,7 +10,7 @@ import dreamlab
 from dreamlab import backbones
 from dreamlab.errors import DreamlabError
 
-from conftest import SHARED_WEIGHTS
+from conftest import TRAINED_WEIGHTS
 
 
 @pytest.fixture
@@ -78,10 +78,10 @@ def test_weights_file_keras3_and_legacy_h5(fresh_models, suffix):
 
 def test_wrong_weights_file_says_so(fresh_models):
     with pytest.raises(DreamlabError) as err:
-        backbones.load("mobilenet_v2", str(SHARED_WEIGHTS).replace("mobilenet_v2", "nothing"))
+        backbones.load("mobilenet_v2", str(TRAINED_WEIGHTS).replace("mobilenet_v2", "nothing"))
     assert "weights file not found" in str(err.value)
     with pytest.raises(DreamlabError) as err:
-        backbones.load("vgg16", str(SHARED_WEIGHTS))
+        backbones.load("vgg16", str(TRAINED_WEIGHTS))
     assert "cannot load weights" in str(err.value) and "include_top=False" in str(err.value)
 
 
@@ -89,7 +89,7 @@ def test_trained_network_dreams_far_harder_than_random_weights(small_array):
     """The same short dream: the real ImageNet MobileNetV2 raises its objective by a large
     factor; an untrained one barely moves it."""
     args = dict(backbone="mobilenet_v2", layers="block_12_add", octaves=1, steps=8, jitter=0)
-    trained = dreamlab.dream(small_array, weights=str(SHARED_WEIGHTS), **args)
+    trained = dreamlab.dream(small_array, weights=str(TRAINED_WEIGHTS), **args)
     random = dreamlab.dream(small_array, weights=None, **args)
     gain_trained = trained.losses[-1] / trained.losses[0]
     gain_random = random.losses[-1] / random.losses[0]

@@ -49,7 +49,7 @@ class MlflowConfig:
 
 @dataclass
 class Config(DreamSettings):
-    image: Optional[str] = option("${sample_image:}", "the photo (default: the bundled sample); "
+    image: Optional[str] = option("${dreamlab.sample_image:}", "the photo (default: the bundled sample); "
                                   "null dreams from seeded noise", by_content=True)
     max_size: Optional[int] = option(512, "longest side after loading, in pixels (null keeps the photo's size)")
     backbone: BackboneConfig = option(help="the network whose layers are amplified", factory=BackboneConfig)
@@ -108,13 +108,14 @@ class Option:
     by_content: bool
 
 
-def options(schema: type = Config, prefix: str = "") -> list[Option]:
-    """Every key of the schema, nested groups flattened (`backbone.weights`), in order."""
+def options(schema: Optional[type] = None, prefix: str = "") -> list[Option]:
+    """Every key of the schema (default `Config`), nested groups flattened (`backbone.weights`),
+    in order."""
     out = []
-    for f in fields(schema):
+    for f in fields(schema or Config):
         key = prefix + f.name
-        if is_dataclass(f.type if isinstance(f.type, type) else None) or f.default_factory is not MISSING:
-            group = f.default_factory if f.default_factory is not MISSING else f.type
+        if f.default_factory is not MISSING and is_dataclass(f.default_factory):  # a group
+            group = f.default_factory
             out.extend(Option(o.key, o.type, o.default, o.help, f.metadata["role"] if f.metadata["role"] == PLACE
                               else o.role, o.by_content) for o in options(group, key + "."))
             continue
@@ -136,10 +137,10 @@ def _cli(value: Any) -> str:
     return str(value)
 
 
-def role(key: str, schema: type = Config) -> str:
+def role(key: str, schema: Optional[type] = None) -> str:
     """The role of a dotted key; keys the schema does not know (another version's params) are
     work, so nothing that might shape a picture is ever left out."""
-    return _roles(schema).get(key, (WORK, False))[0]
+    return _roles(schema or Config).get(key, (WORK, False))[0]
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,10 +148,10 @@ def _roles(schema: type) -> dict[str, tuple[str, bool]]:
     return {o.key: (o.role, o.by_content) for o in options(schema)}
 
 
-def work(resolved: Mapping[str, Any], schema: type = Config, prefix: str = "") -> dict[str, Any]:
+def work(resolved: Mapping[str, Any], schema: Optional[type] = None, prefix: str = "") -> dict[str, Any]:
     """The resolved config less its place keys and by-content paths: what the resume
     fingerprint hashes (beside the files' content)."""
-    roles = _roles(schema)
+    roles = _roles(schema or Config)
     out = {}
     for key, value in resolved.items():
         name = prefix + key
@@ -163,9 +164,9 @@ def work(resolved: Mapping[str, Any], schema: type = Config, prefix: str = "") -
     return out
 
 
-def place_tags() -> tuple[str, ...]:
-    """The `env.*` tags that only say where a job ran."""
-    return tuple(f"env.{f.name}" for f in fields(Environment) if f.metadata["role"] == PLACE)
+def place_tags(schema: Optional[type] = None) -> tuple[str, ...]:
+    """The `env.*` tags that only say where a job ran (`Environment`'s place fields)."""
+    return tuple(f"env.{f.name}" for f in fields(schema or Environment) if f.metadata["role"] == PLACE)
 
 
 def options_help() -> str:

@@ -9,6 +9,7 @@ Built models are cached per process: the next job of a sweep reuses them.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import difflib
 import functools
@@ -151,7 +152,33 @@ def resolve_weights(name: str, weights: Optional[str]) -> Optional[str]:
     return str(BUNDLED[name])
 
 
-_MODELS: dict[tuple, object] = {}
+class LRU(collections.OrderedDict):
+    """A dict that keeps only its `limit` most recently used entries: a process-wide cache
+    that a long sweep over many backbones cannot grow without end."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def get_or_make(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return self.put(key, make())
+
+    def put(self, key, value):
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+        return value
+
+
+# A job uses one model (two with precision=mixed_bfloat16: the bfloat16 copy is made from the
+# float32 one); three keep a sweep that alternates two backbones from rebuilding either, and
+# bound the memory of a sweep over many (InceptionV3 is ~90 MB of weights, ConvNeXt-XL 1.4 GB).
+MODEL_CACHE = 3
+_MODELS = LRU(MODEL_CACHE)
 
 
 def load(name: str, weights: Optional[str] = "imagenet", precision: str = "float32"):
@@ -164,12 +191,9 @@ def load(name: str, weights: Optional[str] = "imagenet", precision: str = "float
     """
     weights = resolve_weights(name, weights)
     key = (name, weights if weights in ("imagenet", None) else os.path.abspath(weights), precision)
-    if key not in _MODELS:
-        if precision == "float32":
-            _MODELS[key] = _build(name, weights)
-        else:
-            _MODELS[key] = mixed_bfloat16(load(name, weights), name)
-    return _MODELS[key]
+    if precision == "float32":
+        return _MODELS.get_or_make(key, lambda: _build(name, weights))
+    return _MODELS.get_or_make(key, lambda: mixed_bfloat16(load(name, weights), name))
 
 
 def mixed_bfloat16(model, name: str = "the model"):
@@ -222,12 +246,27 @@ def _batchnorm_folds(model) -> dict:
     import keras
     import numpy as np
 
+    # Which layer made each tensor, and how many layers (or model outputs) read it: the
+    # public `layer.input` / `layer.output` (a layer called more than once has neither).
+    producer, readers = {}, collections.Counter()
+    for layer in model.layers:
+        try:
+            outputs = layer.output
+            inputs = [] if isinstance(layer, keras.layers.InputLayer) else layer.input
+        except (AttributeError, ValueError):
+            continue
+        for tensor in keras.tree.flatten(outputs):
+            producer[id(tensor)] = layer
+        for tensor in keras.tree.flatten(inputs):
+            readers[id(tensor)] += 1
+    for tensor in keras.tree.flatten(model.outputs):
+        readers[id(tensor)] += 1
     folds = {}
     for bn in model.layers:
         if not isinstance(bn, keras.layers.BatchNormalization) or bn.axis not in (-1, 3):
             continue
-        conv = bn.input._keras_history[0]
-        if (type(conv) is not keras.layers.Conv2D or len(conv._outbound_nodes) != 1
+        conv = producer.get(id(bn.input))
+        if (type(conv) is not keras.layers.Conv2D or readers[id(bn.input)] != 1
                 or conv.activation is not keras.activations.linear
                 or conv.data_format != "channels_last"):
             continue
@@ -319,35 +358,26 @@ def load_weights(model, path: str, what: str) -> None:
 @contextlib.contextmanager
 def _download_errors(name: str):
     """Turn a failed ImageNet download into one message naming the missing file, where to
-    put it, and the alternatives. The file name is taken from Keras' own request, so it is
-    right for every backbone and Keras version."""
-    from keras.src.utils import file_utils
+    put it, and the alternatives. The file name is taken from the address in Keras' own
+    download error, so it is right for every backbone and Keras version."""
+    from urllib.parse import urlsplit
 
-    requested = []
-    real_get_file = file_utils.get_file
+    from . import internals
 
-    def recording_get_file(fname=None, origin=None, *args, **kwargs):
-        requested.append((fname or os.path.basename(origin or ""), kwargs.get("cache_subdir", "datasets")))
-        return real_get_file(fname, origin, *args, **kwargs)
-
-    file_utils.get_file = recording_get_file
     try:
         yield
     except Exception as exc:
-        if not requested:
+        origin = internals.keras_download_origin(exc)
+        if origin is None:
             raise
-        from keras.src.backend import config
-
-        fname, subdir = requested[-1]
-        where = os.path.join(config.keras_home(), subdir)
+        fname = os.path.basename(urlsplit(origin).path)
+        where = internals.keras_download_dir("models")  # keras.applications' cache_subdir
         reason = first_line(exc)
         raise DreamlabError(
             f"could not download the ImageNet weights of backbone={name} ({reason[:200]}): "
             f"put the file {fname} in {where}/ (KERAS_HOME sets the folder), or pass "
             f"backbone.weights=PATH to a weights file, or backbone.weights=null for random "
             f"weights") from None
-    finally:
-        file_utils.get_file = real_get_file
 
 
 def fits(extractor, side: int) -> bool:

@@ -56,12 +56,10 @@ def _set_determinism(on: bool) -> None:
     if on:
         tf.config.experimental.enable_op_determinism()
         return
-    # TensorFlow exports only the switch on; the switch off and the state, beside it (the
-    # same flag), live in tf.python (TensorFlow 2.21).
-    from tensorflow.python.framework import config as tf_config
+    # TensorFlow exports only the switch on; the switch off is private (dreamlab.internals).
+    from .internals import tf_disable_op_determinism
 
-    if tf_config.is_op_determinism_enabled():
-        tf_config.disable_op_determinism()
+    tf_disable_op_determinism()
 
 
 def _refused(exc: BaseException) -> DreamlabError:
@@ -85,6 +83,7 @@ class DreamStep:
         import keras
 
         self.objective = objective
+        self.model = model
         outputs = [model.get_layer(name).output for name in objective.layers]
         self.extractor = keras.Model(model.inputs, outputs)
         self.grad_norm, self.clip = grad_norm, clip
@@ -229,7 +228,10 @@ class DreamStep:
         return x
 
 
-_STEPS: dict[tuple, DreamStep] = {}
+# Compiled steps, most recently used last. A step holds its model, so a step whose model left
+# the model cache (backbones.MODEL_CACHE) is dropped too: memory stays bounded by the model
+# cache, and the step a job is using is the most recent one, never dropped under it.
+_STEPS: backbones.LRU = backbones.LRU(4 * backbones.MODEL_CACHE)
 
 
 def compiled_step(backbone: str, weights: Optional[str], objective: Objective,
@@ -239,12 +241,17 @@ def compiled_step(backbone: str, weights: Optional[str], objective: Objective,
     built once, reused by every later picture and job of the process."""
     guide_id = None if guide is None else hashlib.sha256(guide.tobytes()).hexdigest()
     key = (backbone, weights, objective, grad_norm, clip, guide_id, precision, deterministic)
-    if key not in _STEPS:
-        model = backbones.load(backbone, weights, precision)
+    model = backbones.load(backbone, weights, precision)
+    step = _STEPS.get(key)
+    if step is None or step.model is not model:  # new, or its model was rebuilt since
         backbones.check_layers(model, backbone, objective.layers)
         _check_channels(model, objective)
-        _STEPS[key] = DreamStep(model, backbone, objective, grad_norm, clip, guide)
-    return _STEPS[key]
+        step = DreamStep(model, backbone, objective, grad_norm, clip, guide)
+    _STEPS.put(key, step)
+    alive = {id(m) for m in backbones._MODELS.values()}
+    for stale in [k for k, s in _STEPS.items() if id(s.model) not in alive]:
+        del _STEPS[stale]
+    return step
 
 
 def _check_channels(model, objective: Objective) -> None:

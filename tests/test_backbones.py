@@ -11,8 +11,8 @@ from dreamlab import backbones, engine
 @pytest.mark.parametrize("name", list(backbones.BACKBONES))
 def test_every_backbone_dreams_a_step_at_its_smallest_size(name, monkeypatch):
     # A fresh cache per backbone, so the suite never holds forty models at once.
-    monkeypatch.setattr(backbones, "_MODELS", {})
-    monkeypatch.setattr(engine, "_STEPS", {})
+    monkeypatch.setattr(backbones, "_MODELS", backbones.LRU(backbones.MODEL_CACHE))
+    monkeypatch.setattr(engine, "_STEPS", backbones.LRU(4 * backbones.MODEL_CACHE))
     objective = engine.Objective(engine.parse_layers("default", backbones.presets(name)))
     step = engine.compiled_step(name, None, objective, "mean_abs", True)
     side = step.min_size

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import dreamlab
-from dreamlab import engine
+from dreamlab import backbones, engine
 from dreamlab.errors import DreamlabError
 
 from conftest import TRAINED_WEIGHTS
@@ -105,3 +105,28 @@ def test_tiled_gradients_leave_no_seams(square_photo):
     rows = np.abs(result.image.astype(float) - photo).mean(axis=(1, 2))
     assert rows[grid].mean() < 1.5 * rows.mean()
 
+
+
+def test_model_and_step_caches_are_bounded_and_keep_the_step_in_use(monkeypatch):
+    """A sweep over many backbones in one process holds at most MODEL_CACHE models (and only
+    their steps); the models that left the cache are freed, and a step in use is reused."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(backbones, "_MODELS", backbones.LRU(2))
+    monkeypatch.setattr(engine, "_STEPS", backbones.LRU(8))
+    photo = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    names = ["mobilenet_v2", "mobilenet", "mobilenet_v3_small"]
+    models = []
+    for name in names:
+        dreamlab.dream(photo, backbone=name, weights=None, layers="default", octaves=1, steps=1, jitter=0)
+        models.append(weakref.ref(backbones._MODELS[(name, None, "float32")]))
+    gc.collect()
+    assert models[0]() is None and models[1]() is not None and models[2]() is not None
+    assert [key[0] for key in backbones._MODELS] == names[1:]
+    assert {key[0] for key in engine._STEPS} == set(names[1:])
+    last = next(s for key, s in engine._STEPS.items() if key[0] == names[-1])
+    traces = last.traces
+    dreamlab.dream(photo, backbone=names[-1], weights=None, layers="default", octaves=1, steps=1, jitter=0)
+    assert next(s for key, s in engine._STEPS.items() if key[0] == names[-1]) is last
+    assert last.traces == traces  # not compiled again

@@ -18,8 +18,11 @@ def fresh_models(monkeypatch, tmp_path):
     """An empty model cache and an empty Keras cache folder (KERAS_HOME) for this test."""
     from keras.src.backend import config
 
-    monkeypatch.setattr(backbones, "_MODELS", {})
+    monkeypatch.setattr(backbones, "_MODELS", backbones.LRU(backbones.MODEL_CACHE))
+    # Keras reads KERAS_HOME once, at import (its private _KERAS_DIR); dreamlab reads it
+    # when it needs it (dreamlab.internals.keras_home): both, as a fresh process would.
     monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     return tmp_path
 
 

@@ -1,5 +1,8 @@
-"""The Hydra app: compose the config and hand it to a job (dreamlab.jobs); fold Hydra's
-multi-line config errors into one line.
+"""The Hydra app: compose the config and hand it to a job (dreamlab.jobs). `python -m dreamlab`
+(dreamlab.__main__) folds Hydra's multi-line config errors into one line.
+
+Importing this module changes no library's behaviour: it registers dreamlab's own OmegaConf
+resolvers (`dreamlab.*`) and ConfigStore entries, through their public APIs, and nothing else.
 """
 
 from __future__ import annotations
@@ -7,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -17,87 +19,29 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import config, images, slots
-from .errors import DreamlabError, Interrupted, interruption, unwritable
+from .errors import DreamlabError
 
 log = logging.getLogger("dreamlab")
-# conf/ sits beside the package in the source tree (installed editable); an absolute path
-# keeps `python -m dreamlab` working from any directory.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# conf/ (and sweeps/ as its sweep group) ship inside the package as dreamlab.conf
+# (pyproject.toml maps them): Hydra reads them through the package, from any folder, in a
+# wheel install and in an editable one alike.
+CONF_PACKAGE = "pkg://dreamlab.conf"
 
-# conf/hydra/launcher/{submitit_slurm,ray}.yaml shadow the plugins' configs of the same name on
-# purpose, and Hydra 1.3 still types them with the plugins' schemas; its deprecation note
-# about that would be printed on every command that picks them.
-warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
-OmegaConf.register_new_resolver("sample_image", lambda: str(images.SAMPLE), replace=True)
+# The bundled sample photo: the schema's default image (dreamlab.config).
+OmegaConf.register_new_resolver("dreamlab.sample_image", lambda: str(images.SAMPLE), replace=True)
 # 1 where the launching machine has GPUs (or pretend ones), else 0: the Ray launcher's
 # num_gpus per job (conf/hydra/launcher/ray.yaml).
-OmegaConf.register_new_resolver("gpus_per_job", lambda: 1 if slots.visible_gpus()[0] else 0, replace=True)
+OmegaConf.register_new_resolver("dreamlab.gpus_per_job", lambda: 1 if slots.visible_gpus()[0] else 0, replace=True)
 config.register()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) + (f"\n{exc.__cause__}" if exc.__cause__ and str(exc.__cause__) not in str(exc) else "")
-    lines = []
-    for line in (raw.strip() for raw in text.splitlines()):
-        if line.startswith(("Config search path", "Set the environment variable")):
-            break
-        if line and not line.startswith("object_type="):
-            lines.append(line)
-    out = "; ".join(lines).replace(":;", ":") or type(exc).__name__
-    return out + " (python -m dreamlab --help lists the options)"
-
-
-def _report_config_errors(func):
-    """Hydra prints composition errors (wrong type, unknown group option) over several lines;
-    dreamlab's promise is one line and a non-zero exit, so config errors are folded here.
-    HYDRA_FULL_ERROR=1 still gives Hydra's full report."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        return func()
-    except (HydraException, OmegaConfBaseException) as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"dreamlab: error: {_one_line(exc)}", file=sys.stderr)
-        sys.exit(1)
-    except (KeyboardInterrupt, Interrupted) as exc:
-        from . import sweep
-
-        name, code = interruption(exc)
-        sweep.interrupted(name)
-        print(f"dreamlab: interrupted by {name}: the run in progress ended KILLED, finished runs are kept",
-              file=sys.stderr)
-        sys.exit(code)
-    except OSError as exc:
-        # Hydra creates hydra.run.dir and hydra.sweep.dir itself, before any of dreamlab's
-        # code runs; a folder it cannot make or write is a user's fix, not a traceback.
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not exc.filename:
-            return _hydra_run_and_report(lambda: _raise(exc))
-        print(f"dreamlab: error: {unwritable(exc)}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as exc:
-        return _hydra_run_and_report(lambda: _raise(exc))
-
-
-def _raise(exc: BaseException):
-    raise exc
-
-
-# hydra-core 1.3 reports through this module-level function; wrapping it is the one place
-# where the report can be shaped without changing how Hydra runs jobs.
-import hydra._internal.utils as _hydra_utils  # noqa: E402
-
-_hydra_run_and_report = _hydra_utils.run_and_report
-_hydra_utils.run_and_report = _report_config_errors
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_PACKAGE, config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
     """One job. In a multirun a failed job is recorded (FAILED run, error line) and the sweep
     goes on; the sweep callback then exits non-zero. A single run exits non-zero at once."""
-    from . import jobs
+    from . import jobs, tracking
 
+    tracking.quiet_defaults()  # here: the job may run in a launcher's worker, anywhere
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         loss = jobs.run(cfg)

@@ -179,7 +179,7 @@ def register() -> None:
     from omegaconf import OmegaConf
 
     # `$` escaped: Hydra fills the help template with string.Template.
-    OmegaConf.register_new_resolver("dreamlab_options", lambda: options_help().replace("$", "$$"), replace=True)
+    OmegaConf.register_new_resolver("dreamlab.options", lambda: options_help().replace("$", "$$"), replace=True)
     cs = ConfigStore.instance()
     cs.store(name="dreamlab_schema", node=Config)
     # Plain dicts, typed by the schema's `backbone` field when merged: Hydra deep-copies the

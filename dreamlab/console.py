@@ -91,18 +91,42 @@ def native_quiet(keep: Optional[Path] = None):
                 os.unlink(keep)
 
 
+class _AboveBars(logging.StreamHandler):
+    """A console handler that prints through tqdm.write (tqdm's public API), which clears the
+    progress bars on screen, prints the line and draws them again."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 @contextlib.contextmanager
 def above_progress_bars():
     """Console log lines go through tqdm.write while a progress bar is on screen, so they
-    print above it instead of tearing through it (tqdm's own logging_redirect_tqdm, with
-    the console handler's filters kept)."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
+    print above it instead of tearing through it. What tqdm's logging_redirect_tqdm does, with
+    the console handler's level and filters kept, and with nothing of tqdm's but `tqdm.write`:
+    the root logger's console handlers are swapped for `_AboveBars` ones for the block."""
     root = logging.getLogger()
-    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]
-    with logging_redirect_tqdm():
-        for handler in root.handlers:
-            if handler not in consoles and consoles and type(handler).__name__ == "_TqdmLoggingHandler":
-                for f in consoles[0].filters:
-                    handler.addFilter(f)
+    saved = list(root.handlers)
+    swapped = []
+    for handler in saved:
+        if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr):
+            above = _AboveBars(handler.stream)
+            above.setLevel(handler.level)
+            above.setFormatter(handler.formatter)
+            for f in handler.filters:
+                above.addFilter(f)
+            handler = above
+        swapped.append(handler)
+    root.handlers = swapped
+    try:
         yield
+    finally:
+        root.handlers = saved

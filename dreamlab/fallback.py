@@ -25,9 +25,9 @@ OVERRIDES = "backbone=mobilenet_v2 backbone.weights=bundled"
 
 
 def cached() -> bool:
-    homes = [os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"),
-             os.path.join("/tmp", ".keras")]  # Keras' own fallback when ~ is not writable
-    return any(os.path.isfile(os.path.join(home, "models", FILE)) for home in homes)
+    from .internals import keras_download_dir
+
+    return os.path.isfile(os.path.join(keras_download_dir("models"), FILE))
 
 
 def unreachable(timeout: float = 5.0) -> str | None:

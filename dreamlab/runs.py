@@ -98,4 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from .tracking import quiet_defaults
+
+    quiet_defaults()  # the command's MLflow settings, not on import (dreamlab.tracking)
     sys.exit(main())

@@ -15,14 +15,34 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from . import internals
 from .errors import first_line
 
-# No per-file download bars in job logs (resume and reproduce download artifacts).
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# A tracking server that stops answering mid-job: MLflow's defaults (7 retries with backoff,
-# 120 s timeouts) wait minutes per call before the job can fail; dreamlab fails within ~30 s.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# MLflow settings of dreamlab's own commands and jobs, each unless the user set it.
+QUIET_DEFAULTS = {
+    # No per-file download bars in job logs (resume and reproduce download artifacts).
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # A tracking server that stops answering mid-job: MLflow's defaults (7 retries with
+    # backoff, 120 s timeouts) wait minutes per call before the job can fail; dreamlab fails
+    # within ~30 s.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def quiet_defaults() -> None:
+    """Apply QUIET_DEFAULTS to this process's environment, where the user has not set them.
+
+    Called by dreamlab's commands (`python -m dreamlab` and the `python -m dreamlab.X` tools)
+    and by each job (dreamlab.app.main, which runs in every launcher's worker), never on
+    import: a notebook that imports dreamlab keeps MLflow's own behaviour. Environment
+    variables are MLflow's public switch for these (mlflow.environment_variables, read at
+    each request); `MlflowClient` takes no timeout or retry arguments, so they cannot be
+    passed per call. Process-wide is right where they are set: the process is dreamlab's,
+    and a launcher's workers inherit them."""
+    for name, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
 
 # The store when MLFLOW_TRACKING_URI is not set (the schema's default says the same).
 DEFAULT_URI = "sqlite:///outputs/mlflow.db"
@@ -89,20 +109,16 @@ def retry(call, attempts: int = 6, first_wait: float = 0.5):
 # What the experiment is, for MLflow's UI: a model-training experiment, not a GenAI app. The
 # 3.17 UI reads the kind from its global GenAI / Model training switch instead (stored per
 # browser, GenAI by default), so dreamlab's links also carry `workflowType=machine_learning`.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+EXPERIMENT_KIND = internals.MLFLOW_EXPERIMENT_KIND
 # A saved view of the runs page (MLflow 3.17's "Views", stored as this experiment tag): the
 # octave pictures of the selected runs side by side, without the list of every param that
 # the image card prints above each picture by default, and the loss curves.
 VIEW = "dreamlab"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW}"
-UI_QUERY = f"workflowType=machine_learning&compareRunsMode=CHART&viewStateShareKey={VIEW}"
+VIEW_TAG = internals.mlflow_view_tag(VIEW)
+UI_QUERY = internals.mlflow_runs_query(VIEW)
 
 
 def _view_tag_value() -> str:
-    import base64
-    import json
-    import zlib
-
     section = "dreamlab-pictures"
     state = {
         "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
@@ -123,10 +139,7 @@ def _view_tag_value() -> str:
         "useGroupedValuesInCharts": True, "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {},
         "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
     }
-    packed = "deflate;" + base64.b64encode(zlib.compress(json.dumps(state).encode())).decode()
-    now = int(time.time() * 1000)
-    return json.dumps({"name": "dreamlab: pictures side by side", "createdAt": now, "updatedAt": now,
-                       "state": packed})
+    return internals.mlflow_view_tag_value("dreamlab: pictures side by side", state, int(time.time() * 1000))
 
 
 def how_to_open(tracking_uri: str, experiment: str, run_id: Optional[str] = None) -> str:
@@ -221,18 +234,19 @@ def _cpu_model() -> str:
 
 
 FINGERPRINT_TAG = "dreamlab.fingerprint"
-# Keys that do not change the picture.
-_NOT_WORK = ("mlflow", "progress", "resume", "image", "guide")
 
 
 def fingerprint(resolved: Mapping[str, Any], recipe: str, image_sha: str, guide_sha: str,
                 weights: str) -> str:
     """A hash of exactly the work a job does: the config that shapes the picture, the input
-    photo's and the guide's content, and the weights' identity."""
+    photo's and the guide's content, and the weights' identity. Which keys shape the
+    picture is the schema's `role` of each field (dreamlab.config.work)."""
     import hashlib
     import json
 
-    work = {k: v for k, v in resolved.items() if k not in _NOT_WORK}
+    from .config import work as work_keys
+
+    work = work_keys(resolved)
     blob = json.dumps([work, recipe, image_sha, guide_sha, weights], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 

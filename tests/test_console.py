@@ -1,5 +1,5 @@
 """The first five minutes: `make dream`'s command on a machine without InceptionV3's weights
-(an empty HOME, no network here) makes a real dream with the bundled MobileNetV2; the
+(an empty HOME, downloads refused) makes a real dream with the bundled MobileNetV2; the
 console carries dreamlab's lines, the progress bar and where things are, not the libraries'
 start-up chatter; an error is printed once; -v shows everything."""
 
@@ -35,8 +35,10 @@ def first_dream(tmp_path_factory):
     """`make dream` with no ARGS: `python -m dreamlab $(python -m dreamlab.fallback)`, with an
     empty HOME (no Keras cache) in a fresh folder."""
     work = tmp_path_factory.mktemp("first")
+    # Offline on any machine: downloads go to a proxy on a closed loopback port (port 9,
+    # discard), so a CI machine that can reach Google's storage gives the same first dream.
     env = {**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "KERAS_HOME")},
-           "HOME": str(work / "home")}
+           "HOME": str(work / "home"), "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
     (work / "home").mkdir()
     found = subprocess.run([sys.executable, "-m", "dreamlab.fallback"], cwd=work, env=env,
                            capture_output=True, text=True, timeout=60)

@@ -64,10 +64,11 @@ class Config(DreamSettings):
     resume: bool = option(True, "in a multirun, skip a job whose exact work already has a FINISHED run; "
                                 "false reruns everything", role=PLACE)
     progress: bool = option(True, "a per-job progress bar on the console", role=PLACE)
-    # oneDNN splits some gradients by thread, so the count shapes the picture's bytes: with 1,
-    # a job gives the same picture in process, in a parallel worker, on SLURM or on Ray, and
-    # the other cores of a process still work through inter-op parallelism (dreamlab.slots).
-    threads: int = option(1, "TensorFlow's intra-op threads per job (the picture's last bits depend on it)")
+    # oneDNN splits some gradients by thread, so the count shapes a picture's last bits: the
+    # count used is recorded (param and config.yaml) and `reproduce` sets it again; a resumed
+    # sweep does not redo a job for it (same experiment, other machine: a place key).
+    threads: Optional[int] = option(None, "TensorFlow's intra-op threads per job; null: the cores the job was "
+                                          "given (recorded in the run)", role=PLACE)
     mlflow: MlflowConfig = option(help="where and how runs are tracked", role=PLACE, factory=MlflowConfig)
 
     def __post_init__(self) -> None:
@@ -75,7 +76,8 @@ class Config(DreamSettings):
         check(self.max_size is None or self.max_size >= 8, "max_size must be >= 8 or null", "max_size=512")
         check(self.frames >= 0, "frames must be >= 0 (0 = a single picture)", "frames=30")
         check(0 < self.zoom < 0.5, "zoom must be between 0 and 0.5", "zoom=0.05")
-        check(self.threads >= 1, "threads must be >= 1", "threads=1")
+        check(self.threads is None or self.threads >= 1, "threads must be >= 1 or null (the cores the job "
+              "was given)", "threads=2")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from . import backbones, config, console, images, slots, validate
 from .errors import first_line, interruption
@@ -38,6 +38,10 @@ def run(cfg: DictConfig) -> float:
               "overrides": " ".join(hc.overrides.task), "status": "FAILED", "error": None,
               "host": socket.gethostname(), "pid": os.getpid()}
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    # The count used, not null, is what the run records and what reproduce sets again.
+    resolved["threads"] = cfg.threads if cfg.threads is not None else slots.cores_given()
+    with read_write(cfg), open_dict(cfg):
+        cfg.threads = resolved["threads"]
     tracker = None
     try:
         # Every mistake the config can show is found here, before TensorFlow and before a run.

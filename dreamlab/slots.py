@@ -7,13 +7,12 @@ environment a worker starts with (`CUDA_VISIBLE_DEVICES` must be set before Tens
 initialises its devices); `configure_tensorflow` sizes TensorFlow's thread pools in the
 process that dreams, whichever launcher started it, and says what it did (`env.*` tags).
 
-Why the intra-op thread count is a config key (`threads`, default 1) and not the slot's core
-count: oneDNN splits some gradients (max pooling's, measured on InceptionV3 at 256 px and up)
-differently for different thread counts, so the picture's bytes depend on it. With one
-intra-op thread per op, the other cores work through inter-op parallelism (InceptionV3's
-branches run side by side; measured 247 ms against 226 ms per 512 px step with 2 intra-op
-threads) and the picture is the same whether a job ran in process, in a 1-core worker, on
-SLURM or on Ray.
+Why the intra-op thread count is recorded: oneDNN splits some gradients (max pooling's,
+measured on InceptionV3 at 256 px and up) differently for different thread counts, so a
+picture's last bits depend on it. `threads` defaults to the cores the job was given
+(`cores_given`: the fast path on every machine) and the count used is written into the run's
+params and config.yaml, so `reproduce` sets the same count and gets the same bytes on any
+machine of the same CPU kind, whatever its core count.
 """
 
 from __future__ import annotations
@@ -76,6 +75,43 @@ def visible_gpus() -> tuple[list[str], bool]:
 
 def available_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def cores_given() -> int:
+    """The cores this job may use: its CPU affinity (a parallel worker is pinned to its slot's
+    cores, srun binds a SLURM task's), capped by a cgroup CPU quota (containers), SLURM's
+    cpus_per_task and Ray's CPUs for the task, whichever are set."""
+    caps = [len(available_cores()), _cgroup_cpus()]
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        caps.append(int(os.environ["SLURM_CPUS_PER_TASK"]))
+    caps.append(_ray_cpus())
+    return max(1, min(c for c in caps if c))
+
+
+def _cgroup_cpus() -> Optional[int]:
+    """cgroup v2's cpu.max quota in whole cores (rounded up), None when unlimited or unknown."""
+    import math
+
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+
+
+def _ray_cpus() -> Optional[int]:
+    """The CPUs Ray assigned to this task (hydra/launcher=ray's num_cpus), when in one."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # the driver, not a task
+        return None
+    return max(1, int(cpus)) if cpus else None
 
 
 def available_memory() -> Optional[int]:

@@ -43,7 +43,9 @@ def grids(tmp_path_factory, square_photo):
     uri = store_uri(work)
     args = ["-m", "layers=mixed3,mixed5", "octaves=3,5", f"image={square_photo}", "max_size=256",
             "steps=2", "backbone.weights=null", "progress=false", f"mlflow.tracking_uri={uri}"]
-    basic = run_cli(args + ["hydra.sweep.dir=basic", "resume=false"], cwd=work)
+    # The parallel launcher's default workers have one core each, so their jobs run with
+    # threads=1; the in process sweep is given the same count to compare bytes.
+    basic = run_cli(args + ["hydra.sweep.dir=basic", "resume=false", "threads=1"], cwd=work)
     parallel = run_cli(args + ["hydra.sweep.dir=parallel", "resume=false", "hydra/launcher=parallel"], cwd=work)
     return {"work": work, "uri": uri, "basic": basic, "parallel": parallel}
 
@@ -86,8 +88,8 @@ def test_reproducing_a_parallel_run_in_process_is_byte_identical(grids):
     assert "byte-identical" in proc.stdout
 
 
-def test_the_threads_key_shapes_the_bytes_so_it_is_recorded(grids, square_photo):
-    """Why `threads` is a config key: with 2 intra-op threads the same job gives other bytes."""
+def test_the_thread_count_shapes_the_bytes_so_it_is_recorded(grids, square_photo):
+    """Why the count is recorded: with 2 intra-op threads the same job gives other bytes."""
     work = grids["work"]
     proc = run_cli(["layers=mixed3", "octaves=3", f"image={square_photo}", "max_size=256", "steps=2",
                     "backbone.weights=null", "progress=false", "threads=2", "mlflow.enabled=false",

@@ -10,7 +10,7 @@ PORT ?= 5000
 # Debian packages the tests start for real: chromium (MLflow UI), SLURM + munge, PostgreSQL.
 APT_TEST := chromium slurm-wlm munge postgresql
 
-.PHONY: dream sweep test bench ui server clean
+.PHONY: dream sweep test bench ui server docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,16 @@ server: $(VENV)/.installed-server
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1 \
 		|| echo "note: could not apt-get install postgresql; set DATABASE_URL to an existing database"
 	$(PY) -m dreamlab.server --host $(HOST) --port $(PORT) $(ARGS)
+
+$(VENV)/.installed-docs: pyproject.toml | $(PY)
+	$(PY) -m pip install -qq -e '.[docs]'
+	touch $@ $(VENV)/.installed
+
+# The documentation site (mkdocs.yml, docs/), built offline; --strict fails on a broken link.
+# NO_MKDOCS_2_WARNING quiets Material's end-of-life banner, which is not about this site.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d outputs/site
+	@echo "site: outputs/site/index.html"
 
 clean:
 	rm -rf outputs

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as nd
 import tensorflow as tf
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -18,7 +18,7 @@ from dreamlab import app
 from dreamlab.images import psnr
 from dreamlab.settings import DreamSettings
 
-from conftest import SHARED_WEIGHTS
+from conftest import TRAINED_WEIGHTS
 
 LAYERS = {"block_9_add": 1.0, "block_12_add": 1.5}
 
@@ -71,7 +71,7 @@ def features():
     import keras
 
     base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(None, None, 3))
-    base.load_weights(SHARED_WEIGHTS)
+    base.load_weights(TRAINED_WEIGHTS)
     model = keras.Model(base.inputs, [base.get_layer(n).output for n in LAYERS])
     return lambda x: model(x[None], training=False)  # MobileNetV2's input is x in [-1, 1]
 
@@ -88,12 +88,12 @@ def sized(cat, hw) -> np.ndarray:
 
 def recipe_dream(photo, recipe, **extra):
     """dreamlab through its own config: the recipe file plus jitter=0 tile_size=0."""
-    with initialize_config_dir(config_dir=app.CONF_DIR, version_base="1.3"):
+    with initialize_config_module(config_module="dreamlab.conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"recipe={recipe}", "jitter=0", "tile_size=0",
                                            *[f"{k}={v}" for k, v in extra.items()]])
     conf = OmegaConf.to_object(cfg)
     knobs = {name: getattr(conf, name) for name in DreamSettings.names()}
-    return dreamlab.dream(photo, backbone="mobilenet_v2", weights=str(SHARED_WEIGHTS),
+    return dreamlab.dream(photo, backbone="mobilenet_v2", weights=str(TRAINED_WEIGHTS),
                           layers=LAYERS, **knobs), conf
 
 

@@ -159,9 +159,9 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
 
 def test_negative_channels_count_from_the_end(small_array):
     import dreamlab
-    from conftest import SHARED_WEIGHTS
+    from conftest import TRAINED_WEIGHTS
 
-    kw = dict(backbone="mobilenet_v2", weights=str(SHARED_WEIGHTS), octaves=1, steps=2, jitter=0)
+    kw = dict(backbone="mobilenet_v2", weights=str(TRAINED_WEIGHTS), octaves=1, steps=2, jitter=0)
     last = dreamlab.dream(small_array, layers={"block_9_add": {"weight": 1, "channels": [-1]}}, **kw)
     same = dreamlab.dream(small_array, layers={"block_9_add": {"weight": 1, "channels": [63]}}, **kw)
     assert last.image.tobytes() == same.image.tobytes() and last.losses == same.losses

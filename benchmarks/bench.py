@@ -17,6 +17,8 @@ Sections (all by default, about 6 minutes on a 2-core CPU):
              multirun logging to MLflow
   scaling    512..4096 px with the default tile: s/step, peak RSS, us per pixel-step, each
              size in a fresh process (benchmarks/scaling.py)
+  threads    the thread rule of hydra/launcher=parallel: one process with every core against
+             one 1-thread process per core, InceptionV3 at 256/512/1024 px (benchmarks/threads.py)
   launchers  the 2x2 sweep (256 px, 10 steps) and an 8-job grid (512 px) in process against
              hydra/launcher=parallel, pictures checked identical; the strongest one-script
              peer (the tutorial's structure, one process per picture) on the 2x2 grid; the
@@ -47,8 +49,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "bench"
 LAYERS = ("mixed3", "mixed5")
-SECTIONS = ("machine", "matmul", "step", "precision", "overhead", "sweep", "scaling", "launchers", "mistakes",
-            "goals")
+SECTIONS = ("machine", "matmul", "step", "precision", "overhead", "sweep", "scaling", "threads", "launchers",
+            "mistakes", "goals")
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -334,6 +336,24 @@ def scaling() -> list[dict]:
     return rows
 
 
+# --- threads ---------------------------------------------------------------------------------
+
+def threads() -> list[dict]:
+    import threads as threads_script
+
+    rows = []
+    for size in (256, 512, 1024):
+        r = threads_script.measure(size, steps=8 if size < 1024 else 4)
+        n = r["cores"]
+        rows.append(row("threads", f"{size} px: 1 process x {n} threads", round(r["one_process_ms"], 1), "ms/step",
+                        f"{r['one_process_steps_s']:.2f} steps/s"))
+        rows.append(row("threads", f"{size} px: {n} processes x 1 thread", round(r["per_core_ms"], 1), "ms/step",
+                        f"each; {r['per_core_steps_s']:.2f} steps/s together"))
+        rows.append(row("threads", f"{size} px: per-core workers vs one process", round(r["split_gain"], 2), "x",
+                        "throughput of the machine"))
+    return rows
+
+
 # --- launchers -------------------------------------------------------------------------------
 
 def _multirun(work: Path, name: str, args: list[str], env: dict) -> float:
@@ -492,6 +512,7 @@ def main() -> None:
     section("overhead", overhead, value("512 px float32", 500.0))
     section("sweep", sweep)
     section("scaling", scaling)
+    section("threads", threads)
     section("launchers", launchers)
     section("mistakes", mistakes)
     if "goals" in wanted:

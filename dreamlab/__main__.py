@@ -95,6 +95,7 @@ def run() -> None:
     warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
     # SIGTERM (kill, a scheduler's cancel) ends the run in progress KILLED, like Ctrl-C does.
     signal.signal(signal.SIGTERM, _terminate)
+    from . import sweep
     from .app import main
 
     # The command owns its process: full garbage collections happen once per job, between
@@ -102,7 +103,8 @@ def run() -> None:
     # crosses the default threshold.
     gc.set_threshold(700, 10, 1_000_000)
     try:
-        report_errors(main)
+        # A sweep's parent run ends however the sweep ends (dreamlab.sweep.closing).
+        report_errors(sweep.closing(main))
     finally:
         # The process ends here. Freezing leaves every object to the OS instead of the
         # interpreter's last garbage collection, which walks all of TensorFlow's graphs and

@@ -440,6 +440,12 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
         bar.close()
     if tuple(sizes[-1]) == tuple(base_shape):
         result.image = result.octave_images[-1]  # already converted after the last octave
+    elif s.final_resize == "uint8":
+        # The tutorial's last cell: the 8-bit picture of the largest octave resized (float
+        # again), then tf.image.convert_image_dtype(img / 255.0, tf.uint8), which multiplies
+        # by 255.5 and truncates.
+        small = resize(tf.cast(tf.constant(result.octave_images[-1]), tf.float32), base_shape)
+        result.image = tf.image.convert_image_dtype(small / 255.0, dtype=tf.uint8).numpy()
     else:
         result.image = _finish(resize(x, base_shape), base_t, s.preserve_colors)
     result.seconds = time.perf_counter() - started

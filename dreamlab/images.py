@@ -53,8 +53,9 @@ def target_size(size: tuple[int, int], max_size: Optional[int]) -> tuple[int, in
 
 def load(path: str, max_size: Optional[int] = None, what: str = "image") -> np.ndarray:
     """RGB uint8 array of the picture at `path` as a viewer shows it (EXIF orientation,
-    transparency on white, 16-bit scaled to 8, palette/CMYK/grey converted, the first frame
-    of an animation), its longest side resized to `max_size`."""
+    transparency on white, 16- and 32-bit grey scaled to 8 bits by `integer_range`,
+    palette/CMYK/grey converted, the first frame of an animation), its longest side resized
+    to `max_size`."""
     from PIL import Image, ImageOps
 
     with _opened(path, what) as im:
@@ -77,11 +78,12 @@ def _rgb(im):
     """8-bit RGB from any Pillow mode."""
     from PIL import Image
 
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit grey (Pillow opens 16-bit PNGs as I or I;16): 0..65535 onto 0..255. A plain
-        # convert("L") clips at 255 and makes such a scan almost white.
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        # Integer grey deeper than 8 bits: its range onto 0..255. A plain convert("L") clips
+        # at 255 and makes such a picture (almost) white.
         a = np.asarray(im, dtype=np.float64)
-        return _grey_rgb(a / 257.0 if im.mode != "I" or a.max() > 255 else a)
+        full = integer_range(im.mode, float(a.max()) if a.size else 0.0)
+        return _grey_rgb(a if full == 255 else a / (full / 255.0))
     if im.mode == "F":
         a = np.asarray(im, dtype=np.float64)
         return _grey_rgb(a * 255.0 if a.max() <= 1.0 else a)
@@ -91,6 +93,33 @@ def _rgb(im):
         ground = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(ground, rgba).convert("RGB")
     return im.convert("RGB")  # RGB (16-bit RGB PNGs open as 8-bit RGB), L, 1, P, CMYK, YCbCr, ...
+
+
+# The largest sample of Pillow's 32-bit integer mode "I" (signed).
+INT32_MAX = 2**31 - 1
+
+
+def integer_range(mode: str, largest: float) -> int:
+    """The sample value that is white in an integer picture of Pillow mode `mode` whose
+    largest sample is `largest`: its samples are shown as fractions of this range.
+
+    - "1", "L", "P" (and the 8-bit channels of RGB, CMYK, ...): 255.
+    - "I;16", "I;16L", "I;16B", "I;16N": 65535 (16-bit PNG and TIFF; Pillow also scales a
+      PGM of maxval 256..65535 to this range).
+    - "I" (32-bit signed) holds 8-, 16- or 32-bit data alike (an 8-bit array, a 16-bit
+      picture from an older Pillow or a 32-bit TIFF), and the file does not say which; the
+      data does: the smallest of 255, 65535 and 2**31 - 1 (the mode's largest sample) that
+      holds `largest`. So 32-bit samples are fractions of the whole 32-bit range, as viewers
+      show them (0x7FFFFFFF is white), not of their own maximum (a dark picture stays dark).
+      Negative samples are black.
+    """
+    if mode in ("1", "L", "P"):
+        return 255
+    if mode.startswith("I;16"):
+        return 65535
+    if mode != "I":
+        raise ValueError(f"not an integer grey mode: {mode}")
+    return 255 if largest <= 255 else 65535 if largest <= 65535 else INT32_MAX
 
 
 def _grey_rgb(levels: np.ndarray):

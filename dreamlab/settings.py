@@ -19,6 +19,7 @@ GRAD_NORMS = ("std", "mean_abs", "mean_abs_keras", "l2")
 DETAILS = ("dream", "photo", "none")
 OCTAVE_SIZES = ("round_previous", "floor_base", "floor_base_float32")
 RESIZES = ("align_corners", "half_pixel")
+FINAL_RESIZES = ("float", "uint8")
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 # What a key is to a run, declared once per field (`option(..., role=)`): the resume
@@ -56,6 +57,11 @@ class DreamSettings:
     resize: str = option(
         "align_corners", "bilinear resize between octaves: align_corners (Google's scipy.ndimage.zoom) "
         "or half_pixel (tf.image.resize: the tutorial and the Keras example)")
+    # Only where the last octave is not the photo's size (octaves_above > 0). The tutorial's
+    # two truncations and 255.5 scale leave its picture ~0.3 levels darker than one truncation.
+    final_resize: str = option(
+        "float", "back to the photo's size after the last octave: float (resize, then 8 bits once) or uint8 "
+        "(tutorial: 8 bits, resize, then convert_image_dtype's x255.5 and truncation)")
     steps: int = option(10, "gradient-ascent steps per octave")
     # In units of the [-1, 1] range, so one value means the same visual strength on every
     # backbone (Google's 1.5 pixel step is 1.5/127.5).
@@ -99,6 +105,8 @@ class DreamSettings:
         check(self.octave_sizes in OCTAVE_SIZES,
               f"octave_sizes must be one of {'|'.join(OCTAVE_SIZES)}", "octave_sizes=round_previous")
         check(self.resize in RESIZES, f"resize must be one of {'|'.join(RESIZES)}", "resize=half_pixel")
+        check(self.final_resize in FINAL_RESIZES, f"final_resize must be one of {'|'.join(FINAL_RESIZES)}",
+              "final_resize=float")
         check(self.steps >= 1, "steps must be >= 1", "steps=10")
         check(self.step_size > 0, "step_size must be > 0", "step_size=0.01")
         check(self.objective in OBJECTIVES, f"objective must be one of {'|'.join(OBJECTIVES)}",

@@ -5,10 +5,20 @@ parent run and writes its id, with the swept keys, to `<sweep dir>/mlflow_sweep.
 every job finds it, whichever launcher runs the jobs (in process, joblib, submitit, Ray),
 since they all share the sweep dir. `on_multirun_end` counts the children, closes the parent
 and prints a summary; a sweep with a failed job exits non-zero.
+
+Every other way a sweep can end closes its parent run too, never leaving it RUNNING: an error
+after the parent exists (a job override that does not compose, a sweep or job folder that
+cannot be written, a launcher that refuses its options, a summary that cannot be written)
+ends it FAILED with the reason as its `dreamlab.error` tag; Ctrl-C or SIGTERM ends it KILLED.
+`python -m dreamlab` runs the app through `closing`, which sees each of these; an `atexit`
+hook ends a parent still open when the process exits by any other road (another entry point).
+Only a process killed outright (kill -9) leaves it RUNNING, for `dreamlab.runs cleanup`.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import sys
@@ -18,7 +28,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import DreamlabError, unwritable
+from .errors import DreamlabError, first_line, interruption, unwritable
 
 SWEEP_FILE = "mlflow_sweep.json"
 PARENT_ENV = "DREAMLAB_PARENT_RUN_ID"
@@ -44,8 +54,37 @@ def read_sweep_file(sweep_dir: str) -> dict:
     return {"parent_run_id": parent, "swept": []} if parent else {}
 
 
-# The sweep of this process, while it runs: what an interruption has to close.
+# The sweep of this process while its parent run is open: what an early end has to close.
 ACTIVE: dict = {}
+
+
+def _close(status: str, why: str) -> None:
+    """End this process's open parent run `status` (FAILED, KILLED) with `why` as its error
+    tag, and the jobs recorded so far in its description; once, whoever calls first. Never
+    raises: it runs while another error is on its way out."""
+    if not ACTIVE:
+        return
+    sweep_dir, uri, info = ACTIVE["sweep_dir"], ACTIVE["tracking_uri"], ACTIVE["info"]
+    ACTIVE.clear()
+    os.environ.pop(PARENT_ENV, None)
+    parent = info.get("parent_run_id")
+    if not parent:
+        return
+    from . import tracking
+
+    try:
+        client = tracking.client(uri)
+        tracking.end_run(client, parent, why, status=status)
+    except Exception as exc:
+        print(f"dreamlab: warning: the sweep's parent run {parent} could not be ended {status} "
+              f"({first_line(exc)}); python -m dreamlab.runs cleanup ends it KILLED", file=sys.stderr)
+        return
+    try:
+        jobs = read_job_records(sweep_dir)
+        client.log_param(parent, "jobs", len(jobs))
+        _note(client, parent, info.get("experiment_id"), jobs, f"{status.title()}: {why}")
+    except Exception:
+        pass  # the run has ended with its reason; the job table is a courtesy
 
 
 def interrupted(signal_name: str) -> None:
@@ -53,19 +92,69 @@ def interrupted(signal_name: str) -> None:
     finished (each job's own run already ended KILLED or FINISHED in jobs.run)."""
     if not ACTIVE:
         return
-    sweep_dir, info = ACTIVE["sweep_dir"], ACTIVE["info"]
-    jobs = read_job_records(sweep_dir)
+    jobs = read_job_records(ACTIVE["sweep_dir"])
     if jobs:
-        print(summary(jobs, info.get("swept", [])), file=sys.stderr)
-    if info.get("parent_run_id"):
-        from . import tracking
+        print(summary(jobs, ACTIVE["info"].get("swept", [])), file=sys.stderr)
+    _close("KILLED", f"interrupted by {signal_name}")
 
-        client = tracking.client(ACTIVE["tracking_uri"])
-        parent = info["parent_run_id"]
-        client.log_param(parent, "jobs", len(jobs))
-        tracking.end_run(client, parent, f"interrupted by {signal_name}", status="KILLED")
-        _note(client, parent, info.get("experiment_id"), jobs, f"Killed: interrupted by {signal_name}")
-    ACTIVE.clear()
+
+def reason(exc: BaseException) -> str:
+    """One line for what stopped a sweep, as its parent run's error tag."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, SystemExit):
+        if isinstance(exc.code, str):
+            return exc.code.removeprefix("dreamlab: error: ")
+        return f"the sweep stopped (exit status {exc.code}) before its summary"
+    if isinstance(exc, OSError) and exc.filename:
+        return unwritable(exc)
+    if isinstance(exc, DreamlabError):
+        return str(exc)
+    text = first_line(exc)
+    if exc.__cause__ is not None and first_line(exc.__cause__) not in text:
+        text += f"; {first_line(exc.__cause__)}"
+    return text if isinstance(exc, (HydraException, OmegaConfBaseException)) else f"{type(exc).__name__}: {text}"
+
+
+def ended(exc: BaseException) -> None:
+    """The sweep of this process stops on `exc` before its summary: its parent run ends KILLED
+    (Ctrl-C, SIGTERM: `interrupted`) or FAILED with the reason. Nothing when no parent is open."""
+    signal = interruption(exc)
+    if signal:
+        interrupted(signal[0])
+    else:
+        _close("FAILED", reason(exc))
+
+
+def closing(app):
+    """`app` (the Hydra entry point), ending the sweep's parent run however the sweep ends:
+    an exception or exit on its way out (`ended`), or a return that never reached the
+    summary (a callback error Hydra only warned about). `python -m dreamlab` runs through it."""
+    @functools.wraps(app)
+    def run(*args, **kwargs):
+        try:
+            out = app(*args, **kwargs)
+        except BaseException as exc:
+            ended(exc)
+            raise
+        _close("FAILED", "the sweep ended without its summary")
+        return out
+    return run
+
+
+def _at_exit() -> None:
+    _close("FAILED", "the sweep's process exited before the sweep's summary")
+
+
+_AT_EXIT: list = []
+
+
+def _register_at_exit() -> None:
+    """Once per process: a parent still open when the interpreter exits ends FAILED."""
+    if not _AT_EXIT:
+        atexit.register(_at_exit)
+        _AT_EXIT.append(True)
 
 
 def _note(client, parent: str, experiment: Optional[str], jobs: list[dict], head: str = "") -> None:
@@ -89,44 +178,62 @@ class MlflowSweep(Callback):
         params = OmegaConf.to_container(params, resolve=True) if params else {}
         keys = swept_keys(overrides, params)
         info = {"parent_run_id": None, "swept": keys, "experiment_id": None}
-        self._check(config, sweep_dir)
+        self._check(config, sweep_dir, info)
         if config.mlflow.enabled:
-            from . import runs, tracking
-
-            killed, _ = runs.cleanup(config.mlflow.tracking_uri, config.mlflow.experiment)
-            if killed:
-                print(f"{len(killed)} run(s) left RUNNING by processes that are gone marked KILLED "
-                      f"({', '.join(killed)})")
-
-            name = OmegaConf.select(config, "hydra.runtime.choices.sweep", default=None)
-            uri, experiment = config.mlflow.tracking_uri, config.mlflow.experiment
-            client = tracking.client(uri)
-            exp = tracking.experiment_id(client, experiment, uri)
-            run = client.create_run(exp, run_name=f"sweep {name or sweep_dir.name}", tags={
-                tracking.SWEEP_TAG: str(sweep_dir.resolve()), **runs.owner_tags(),
-                "dreamlab.role": "sweep",
-            })
-            run_id = run.info.run_id
-            swept = [o for o in overrides if any(o.lstrip("+~").startswith(k + "=") for k in keys)]
-            swept += [f"{k}={v}" for k, v in params.items() if not any(s.startswith(k + "=") for s in swept)]
-            client.log_param(run_id, "command", "python -m dreamlab " + " ".join(sys.argv[1:]))
-            client.log_param(run_id, "swept", " ".join(swept))
-            client.log_param(run_id, "sweep", name or "command line")
-            client.log_param(run_id, "launcher", hydra_cfg.runtime.choices.get("hydra/launcher", "basic"))
-            info.update(parent_run_id=run_id, experiment_id=exp)
-            ACTIVE.update(sweep_dir=sweep_dir, tracking_uri=uri, info=info)
-            os.environ[PARENT_ENV] = run_id
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
+            try:
+                self._open_parent(config, sweep_dir, overrides, keys, params, info)
+                (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
+            except Exception as exc:
+                # Hydra would only warn and go on: the sweep stops here, its parent (if it
+                # was created) FAILED with the reason.
+                why = reason(exc)
+                _close("FAILED", why)
+                print(f"dreamlab: error: {why}", file=sys.stderr)
+                raise SystemExit(1) from None
 
     @staticmethod
-    def _check(config: DictConfig, sweep_dir: Path) -> None:
-        """The sweep's folder and store, before its parent run exists. Hydra turns a callback's
-        exception into a warning and goes on, so a mistake here ends the process itself, in
-        one line, as a job's would."""
+    def _open_parent(config: DictConfig, sweep_dir: Path, overrides: list[str], keys: list[str],
+                     params: dict, info: dict) -> None:
+        from . import runs, tracking
+
+        hydra_cfg = config.hydra
+        killed, _ = runs.cleanup(config.mlflow.tracking_uri, config.mlflow.experiment)
+        if killed:
+            print(f"{len(killed)} run(s) left RUNNING by processes that are gone marked KILLED "
+                  f"({', '.join(killed)})")
+
+        name = OmegaConf.select(config, "hydra.runtime.choices.sweep", default=None)
+        uri, experiment = config.mlflow.tracking_uri, config.mlflow.experiment
+        client = tracking.client(uri)
+        exp = tracking.experiment_id(client, experiment, uri)
+        run = client.create_run(exp, run_name=f"sweep {name or sweep_dir.name}", tags={
+            tracking.SWEEP_TAG: str(sweep_dir.resolve()), **runs.owner_tags(),
+            "dreamlab.role": "sweep",
+        })
+        run_id = run.info.run_id
+        # Open from here on: whatever ends the sweep now ends this run (`_close`).
+        info.update(parent_run_id=run_id, experiment_id=exp)
+        ACTIVE.update(sweep_dir=sweep_dir, tracking_uri=uri, info=info)
+        os.environ[PARENT_ENV] = run_id
+        _register_at_exit()
+        swept = [o for o in overrides if any(o.lstrip("+~").startswith(k + "=") for k in keys)]
+        swept += [f"{k}={v}" for k, v in params.items() if not any(s.startswith(k + "=") for s in swept)]
+        client.log_param(run_id, "command", "python -m dreamlab " + " ".join(sys.argv[1:]))
+        client.log_param(run_id, "swept", " ".join(swept))
+        client.log_param(run_id, "sweep", name or "command line")
+        client.log_param(run_id, "launcher", hydra_cfg.runtime.choices.get("hydra/launcher", "basic"))
+
+    @staticmethod
+    def _check(config: DictConfig, sweep_dir: Path, info: dict) -> None:
+        """The sweep's folder (made, and written: its sweep file, still without a parent) and
+        store, before its parent run exists. Hydra turns a callback's exception into a
+        warning and goes on, so a mistake here ends the process itself, in one line, as a
+        job's would."""
         from . import validate
 
         try:
             sweep_dir.mkdir(parents=True, exist_ok=True)
+            (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
             if config.mlflow.enabled:
                 validate.store(config.mlflow)
         except DreamlabError as exc:
@@ -137,9 +244,20 @@ class MlflowSweep(Callback):
             raise SystemExit(1) from None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._summarise(config)
+        except Exception as exc:
+            # Hydra would only warn and exit 0 with the parent RUNNING.
+            why = f"the sweep's summary failed: {reason(exc)}"
+            _close("FAILED", why)
+            print(f"dreamlab: error: {why}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    @staticmethod
+    def _summarise(config: DictConfig) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         jobs = read_job_records(sweep_dir)
-        info = read_sweep_file(str(sweep_dir))
+        info = ACTIVE["info"] if ACTIVE else read_sweep_file(str(sweep_dir))
         failed = [j for j in jobs if j["status"] == "FAILED"]
         skipped = [j for j in jobs if j["status"] == "SKIPPED"]
         print(summary(jobs, info.get("swept", [])), file=sys.stderr if failed else sys.stdout)
@@ -148,11 +266,9 @@ class MlflowSweep(Callback):
                   f"FINISHED (resume=false reruns them): jobs {', '.join(str(j['job']) for j in skipped)}")
         sheet, overlay = _sweep_pictures(config, sweep_dir, jobs, info.get("swept", []))
         print(f"contact sheet: {sheet}")
-        ACTIVE.clear()
         if info.get("parent_run_id"):
             from . import tracking
 
-            os.environ.pop(PARENT_ENV, None)
             client = tracking.client(config.mlflow.tracking_uri)
             parent = info["parent_run_id"]
             # Counts of the whole sweep, params beside `jobs` (as metrics they were charts of
@@ -164,7 +280,10 @@ class MlflowSweep(Callback):
             client.log_artifact(parent, str(overlay))
             _note(client, parent, info.get("experiment_id"), jobs)
             client.set_terminated(parent, "FAILED" if failed else "FINISHED")
-            print(f"runs: {tracking.how_to_open(config.mlflow.tracking_uri, info['experiment_id'])}")
+            ACTIVE.clear()
+            os.environ.pop(PARENT_ENV, None)
+            print(f"runs: {tracking.how_to_open(config.mlflow.tracking_uri, info.get('experiment_id'))}")
+        ACTIVE.clear()
         if failed:
             # Only what exists: a job that failed its checks never created a run.
             with_run = sum(1 for j in failed if j.get("run_id"))
@@ -174,14 +293,17 @@ class MlflowSweep(Callback):
             raise SystemExit(1)
 
 
-def abort(config: DictConfig, reason: str) -> None:
+def abort(config: DictConfig, why: str) -> None:
     """The sweep cannot start its jobs (a launcher refused its options): its parent run ends
     FAILED with the reason instead of staying RUNNING."""
-    info = read_sweep_file(str(config.hydra.sweep.dir))
+    if ACTIVE:
+        _close("FAILED", why)
+        return
+    info = read_sweep_file(str(config.hydra.sweep.dir))  # a launcher outside the callback's process
     if info.get("parent_run_id"):
         from . import tracking
 
-        tracking.end_run(tracking.client(config.mlflow.tracking_uri), info["parent_run_id"], reason)
+        tracking.end_run(tracking.client(config.mlflow.tracking_uri), info["parent_run_id"], why)
 
 
 def job_values(record: dict, keys: list[str]) -> dict:

@@ -287,3 +287,66 @@ def test_sigterm_ends_a_single_run_killed_with_143(tmp_path):
     assert run.info.status == "KILLED" and run.data.tags["dreamlab.error"] == "interrupted by SIGTERM"
     assert json.loads((tmp_path / "single" / "job.json").read_text())["status"] == "KILLED"
     assert integrity(tmp_path) == "ok"
+
+
+# Every way a sweep ends ends its parent run ---------------------------------------------
+
+def sweep_parents(uri: str):
+    return [r for r in all_runs(uri)[1] if r.data.tags.get("dreamlab.role") == "sweep"]
+
+
+EARLY = [  # (what, made in the sweep folder first (a name/ is a folder), overrides, env, words)
+    ("a job override that does not compose", None, ["steps=1,oops"], {},
+     "Error merging override steps=oops"),
+    ("the sweep folder cannot be written", "multirun.yaml/", [], {}, "cannot create or write"),
+    ("a job folder cannot be created", "0", [], {}, "cannot create or write sweep/0"),
+    ("the launcher refuses its options", None, ["seed=0,1", "hydra/launcher=parallel", "hydra.launcher.gpus=[3]"],
+     {"DREAMLAB_PRETEND_GPUS": "0,1"}, "hydra.launcher.gpus asks for GPU 3"),
+    ("the summary cannot be written", "contact_sheet.png/", [], {},
+     "the sweep's summary failed: cannot create or write"),
+]
+
+
+@pytest.mark.parametrize("what, blocked, overrides, env, words", EARLY, ids=[e[0] for e in EARLY])
+def test_a_sweep_that_ends_early_ends_its_parent_run_failed(tmp_path, what, blocked, overrides, env, words):
+    """Each way a sweep stops after its parent run exists but before its summary: one line,
+    exit 1, and the parent FAILED with the same reason as its error tag, never RUNNING."""
+    uri = store_uri(tmp_path)
+    if blocked:
+        target = tmp_path / "sweep" / blocked.rstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.mkdir() if blocked.endswith("/") else target.touch()
+    proc = run_cli(["-m", *TINY, f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep", *overrides],
+                   cwd=tmp_path, env_extra=env, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
+    [parent] = sweep_parents(uri)
+    assert parent.info.status == "FAILED", what
+    assert words in parent.data.tags["dreamlab.error"], parent.data.tags
+    assert not [r for r in all_runs(uri)[1] if r.info.status == "RUNNING"]
+
+
+def test_a_sweep_folder_that_cannot_be_written_is_one_line_before_any_run(tmp_path):
+    (tmp_path / "sweep" / "mlflow_sweep.json").mkdir(parents=True)  # the sweep's own file cannot be written
+    uri = store_uri(tmp_path)
+    proc = run_cli(["-m", *TINY, f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "cannot create or write sweep/mlflow_sweep.json" in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists() or not all_runs(uri)[1]
+
+
+def test_a_sweep_started_without_python_m_dreamlab_still_ends_its_parent(tmp_path):
+    """The Hydra app called from a script of one's own: Hydra reports the error and exits;
+    the parent run ends FAILED as the process exits."""
+    uri = store_uri(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
+    env["DREAMLAB_CACHE"] = str(tmp_path / ".dreamlab-cache")
+    proc = subprocess.run([sys.executable, "-c", "from dreamlab.app import main; main()", "-m", *TINY,
+                           "steps=1,oops", f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    [parent] = sweep_parents(uri)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["dreamlab.error"] == "the sweep's process exited before the sweep's summary"

@@ -1,5 +1,5 @@
 """Fidelity: each recipe, with jitter=0 tile_size=0, equals a literal implementation of its
-reference's maths (shared/docs/algorithms.md and the references' published code), written
+reference's maths (docs/references.md and the references' published code), written
 here independently of dreamlab's engine, with the real MobileNetV2, on photos of several
 sizes, all found by computation: one where the reference's rounding and the naive one give
 the same octave sizes, and two where they differ at some octave."""

@@ -130,9 +130,11 @@ def plan(gpus: Optional[Sequence] = None, workers_per_gpu: int = 1, workers: Opt
     """The slots of this machine.
 
     GPUs (the `gpus` ids, default every visible one): `workers_per_gpu` slots per GPU, the
-    cores shared out among them. No GPU: one slot per `cores_per_worker` cores (default 1,
-    the fastest here: two 1-thread workers do ~1.4x the steps of one 2-thread process),
-    at most `workers`, at most one per 2 GiB of available memory, never more than `jobs`.
+    cores shared out among them. No GPU: one slot per `cores_per_worker` cores (default 1:
+    one 1-thread worker per core did 1.40x the steps of one 2-thread process at 256 px and
+    1.22x at 512 px here, benchmarks/threads.py), at most `workers`, at most one per 2 GiB of
+    available memory, never more than `jobs`; when that leaves fewer workers than cores, the
+    cores are shared out among them, so no core idles (each job's `threads` follows).
     """
     if workers_per_gpu < 1:
         raise DreamlabError("hydra.launcher.workers_per_gpu must be >= 1 (for example "
@@ -166,6 +168,8 @@ def plan(gpus: Optional[Sequence] = None, workers_per_gpu: int = 1, workers: Opt
         count = max(1, workers)
     if jobs is not None:
         count = min(count, max(1, jobs))
+    if cores_per_worker is None:  # fewer workers than cores (few jobs, little memory): share them out
+        per = max(1, len(cores) // count)
     return [Slot(i, cores=_cores_of(i, per, cores)) for i in range(count)]
 
 

@@ -40,3 +40,15 @@ def test_without_gpus_one_worker_per_core_pinned_to_it(monkeypatch):
     assert all(slots.worker_env(s)["CUDA_VISIBLE_DEVICES"] == "" for s in plan)
     assert len(slots.plan(cores_per_worker=len(cores))) == 1
     assert len(slots.plan(workers=3)) == 3  # the user's count wins
+
+
+def test_fewer_jobs_than_cores_share_the_cores_out(monkeypatch):
+    monkeypatch.delenv(slots.PRETEND_GPUS_ENV, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(slots, "available_cores", lambda: list(range(8)))
+    monkeypatch.setattr(slots, "available_memory", lambda: 64 << 30)
+    assert [s.cores for s in slots.plan(jobs=3)] == [[0, 1], [2, 3], [4, 5]]
+    assert [s.cores for s in slots.plan(jobs=1)] == [list(range(8))]
+    assert len(slots.plan(jobs=20)) == 8 and all(len(s.cores) == 1 for s in slots.plan(jobs=20))
+    monkeypatch.setattr(slots, "available_memory", lambda: 4 << 30)  # room for 2 workers
+    assert [len(s.cores) for s in slots.plan(jobs=20)] == [4, 4]

@@ -13,8 +13,9 @@ The arithmetic is dreamlab's default recipe (google: 0.5*sum(a^2) per layer, gra
 divided by its mean absolute value, a random roll of up to 32 px before each step, the
 dreamt detail carried up the octaves, clipping), on InceptionV3 with random weights drawn
 from the same seed, so that both sides of `make bench` do the same work. It logs nothing:
-the comparison favours the baseline. Like dreamlab's default (`threads=1`), it runs each op
-on one intra-op thread, so that the pictures of both sides can be compared byte for byte.
+the comparison favours the baseline. Like dreamlab's default (`threads` = the cores the
+process was given), it runs each op on that many intra-op threads (--threads), so that the
+pictures of both sides can be compared byte for byte.
 
 --structure tutorial is the strongest one-script peer, the TensorFlow tutorial's structure:
 the step is a tf.function with an unknown-size input signature, traced once for every
@@ -44,8 +45,9 @@ parser.add_argument("--step-size", type=float, default=1.5 / 127.5)
 parser.add_argument("--jitter", type=int, default=32)
 parser.add_argument("--max-size", type=int, default=256)
 parser.add_argument("--structure", choices=("keras", "tutorial"), default="keras")
+parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
 args = parser.parse_args()
-tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_intra_op_parallelism_threads(args.threads)
 
 # The picture, in [-1, 1].
 with Image.open(args.image) as im:

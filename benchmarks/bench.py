@@ -9,6 +9,9 @@ Sections (all by default, about 6 minutes on a 2-core CPU):
   step       one dream step (InceptionV3 mixed3+mixed5, random weights, one octave, no
              tiles) at 256/512/1024 px, float32 and mixed_bfloat16: ms/step, GFLOP/s from
              the layers' FLOPs (forward + input-gradient backward), ratio to matmul
+  defaults   per step of `python -m dreamlab` at its defaults against the plain one-script
+             peer (benchmarks/baseline.py --structure tutorial, TensorFlow's own threads),
+             256/512/1024 px: the difference of a 25- and a 5-step run, best of two
   precision  the default dream of the sample photo at 512 px, float32 vs mixed_bfloat16:
              speed ratio and PSNR between the two pictures
   overhead   main-thread cost of the progress bar and of MLflow logging per step
@@ -49,8 +52,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "bench"
 LAYERS = ("mixed3", "mixed5")
-SECTIONS = ("machine", "matmul", "step", "precision", "overhead", "sweep", "scaling", "threads", "launchers",
-            "mistakes", "goals")
+SECTIONS = ("machine", "matmul", "step", "defaults", "precision", "overhead", "sweep", "scaling", "threads",
+            "launchers", "mistakes", "goals")
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -189,6 +192,40 @@ def steps(peaks: dict) -> list[dict]:
             if precision != "float32":
                 rows.append(row("step", f"{size} px {precision} vs {peak_key} matmul",
                                 round(100 * ratio.get(peak_key, 0), 1), "%"))
+    return rows
+
+
+# --- defaults --------------------------------------------------------------------------------
+
+def _per_step(cmd, steps_arg: str) -> float:
+    """ms per step of a whole command: (25-step run - 5-step run) / 20, best of two each."""
+    best = {n: min(run_quiet(cmd + [steps_arg.format(n)]) for _ in range(2)) for n in (5, 25)}
+    return (best[25] - best[5]) / 20 * 1000
+
+
+def defaults() -> list[dict]:
+    rows = []
+    out = OUT / "defaults"
+    out.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    from dreamlab.images import SAMPLE
+
+    for size in (256, 512, 1024):
+        # A square photo of exactly this size, so both sides dream the same pixels.
+        photo = out / f"photo_{size}.png"
+        with Image.open(SAMPLE) as im:
+            im.convert("RGB").resize((size, size), Image.LANCZOS).save(photo)
+        ours = _per_step([sys.executable, "-m", "dreamlab", f"layers=[{','.join(LAYERS)}]", "octaves=1",
+                          f"image={photo}", f"max_size={size}", "tile_size=0", "backbone.weights=null", "progress=false",
+                          "mlflow.enabled=false", f"hydra.run.dir={out / 'run'}"], "steps={}")
+        peer = _per_step([sys.executable, "benchmarks/baseline.py", str(out / "peer.png"), "--image", str(photo),
+                          "--structure", "tutorial", "--layers", ",".join(LAYERS), "--octaves", "1", "--max-size", str(size)],
+                         "--steps={}")
+        rows += [row("defaults", f"{size} px: python -m dreamlab at defaults", round(ours, 1), "ms/step"),
+                 row("defaults", f"{size} px: plain one-script peer", round(peer, 1), "ms/step"),
+                 row("defaults", f"{size} px: dreamlab vs plain script", round(peer / ours, 2), "x",
+                     ">= 1.0 is the goal")]
     return rows
 
 
@@ -508,6 +545,7 @@ def main() -> None:
     section("matmul", matmul)
     peaks = {"float32": value("float32 matmul"), "bfloat16": value("bfloat16 matmul")}
     section("step", steps, peaks)
+    section("defaults", defaults)
     section("precision", precision)
     section("overhead", overhead, value("512 px float32", 500.0))
     section("sweep", sweep)

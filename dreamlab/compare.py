@@ -4,11 +4,13 @@ a table of them as CSV and Markdown.
     python -m dreamlab.compare --sweep PARENT_RUN_ID          # the jobs of one sweep
     python -m dreamlab.compare --filter "params.backbone.name = 'vgg16'"
     python -m dreamlab.compare                                # every dream of the experiment
+    python -m dreamlab.compare --sweep PARENT_RUN_ID --html   # and gallery.html (dreamlab.gallery)
 
 Options: --experiment NAME (default dreamlab), --tracking-uri URI (default
 MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db), --out DIR (default
-outputs/compare/<time>). Writes contact_sheet.png, runs.csv, runs.md there and prints the
-Markdown table.
+outputs/compare/<time>), --html. Writes contact_sheet.png, runs.csv, runs.md there (and, with
+--html, gallery.html: the sweep's page for these runs, their pictures downloaded through
+MLflow, from a remote tracking server too) and prints the Markdown table.
 """
 
 from __future__ import annotations
@@ -75,6 +77,35 @@ def build(client, runs, out: Path):
     return table, markdown, sheet
 
 
+def html(client, runs, out: Path, tracking_uri: str, title: str = "") -> Path:
+    """gallery.html for any selection of runs, laid out by the params that vary; a sweep's
+    origin (`dreamlab.from_run`) first when they all grew from one run."""
+    from . import gallery
+
+    keys = varying(runs)
+    fetched = out / "gallery_files"
+    cells = [gallery.run_cell(client, r, keys, fetched, tracking_uri) for r in runs]
+    origins = {r.data.tags.get("dreamlab.from_run") for r in runs}
+    origin = None
+    if len(origins) == 1 and None not in origins:
+        try:
+            origin = gallery.run_cell(client, client.get_run(origins.pop()), keys, fetched, tracking_uri)
+        except Exception:
+            origin = None  # deleted since: the page shows the runs alone
+    photo = None
+    if "image" not in keys:
+        run = runs[0]
+        inputs = [a.path for a in client.list_artifacts(run.info.run_id, "input")] if run.data.params.get(
+            "image", "null") != "null" else []
+        if inputs:
+            photo = client.download_artifacts(run.info.run_id, inputs[0], str(fetched / "input"))
+    _, note = gallery.link_base(tracking_uri)
+    failed = sum(1 for c in cells if c.status == "FAILED")
+    return gallery.write(out / "gallery.html", cells, keys, photo=photo, origin=origin, note=note,
+                         title=title or f"{len(cells)} runs" + (f", {failed} failed" if failed else ""),
+                         subtitle=f"varying: {', '.join(keys) or 'nothing'}  |  {tracking_uri}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import tracking
 
@@ -83,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", help="the sweep's parent run id")
     parser.add_argument("--filter", help="an MLflow search filter string")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", tracking.DEFAULT_URI))
+    parser.add_argument("--html", action="store_true", help="also write gallery.html (one self-contained page)")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare") / time.strftime("%Y-%m-%d_%H-%M-%S"))
     args = parser.parse_args(argv)
     try:
@@ -91,11 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             raise DreamlabError("no runs match: check --sweep, --filter and --experiment")
         _, markdown, sheet = build(client, runs, args.out)
+        page = html(client, runs, args.out, args.tracking_uri,
+                    title=f"sweep {args.sweep}" if args.sweep else "") if args.html else None
     except DreamlabError as exc:
         print(f"dreamlab: error: {exc}", file=sys.stderr)
         return 1
     print(markdown)
     print(f"\ncontact sheet: {sheet}\ntable: {args.out / 'runs.csv'}, {args.out / 'runs.md'}")
+    if page is not None:
+        print(f"gallery: {page}")
     return 0
 
 

@@ -61,6 +61,10 @@ class Config(DreamSettings):
     frames: int = option(0, "zoom video: frames > 0 dreams each frame from the previous one zoomed in by "
                             "zoom (frames/*.png, zoom.gif)")
     zoom: float = option(0.05, "zoom per frame of the zoom video (0.05 = 5%)")
+    # The run's own config supplies what shapes the picture; the id itself only says where
+    # it came from, so it is a place key (a grown job's resume fingerprint is its work).
+    from_run: Optional[str] = option(None, "an MLflow run id: start from that run's exact resolved config, "
+                                           "photo and guide, the command line's overrides on top", role=PLACE)
     resume: bool = option(True, "in a multirun, skip a job whose exact work already has a FINISHED run; "
                                 "false reruns everything", role=PLACE)
     progress: bool = option(True, "a per-job progress bar on the console", role=PLACE)

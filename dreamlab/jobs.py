@@ -25,6 +25,7 @@ from . import backbones, config, console, images, slots, validate
 from .errors import first_line, interruption
 
 log = logging.getLogger("dreamlab")
+FROM_RUN_TAG = "dreamlab.from_run"
 
 
 def run(cfg: DictConfig) -> float:
@@ -37,6 +38,14 @@ def run(cfg: DictConfig) -> float:
     record = {"job": hc.job.num if hc.mode == RunMode.MULTIRUN else 0,
               "overrides": " ".join(hc.overrides.task), "status": "FAILED", "error": None,
               "host": socket.gethostname(), "pid": os.getpid()}
+    recipe = str(hc.runtime.choices.get("recipe"))
+    if cfg.get("from_run"):
+        try:
+            cfg, recipe = grow(cfg, list(hc.overrides.task), job_dir / "from_run")
+        except BaseException as exc:
+            record.update(error=first_line(exc), seconds=round(time.perf_counter() - started, 2))
+            sweep.write_job_record(job_dir, record)
+            raise
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # The count used, not null, is what the run records and what reproduce sets again.
     resolved["threads"] = cfg.threads if cfg.threads is not None else slots.cores_given()
@@ -46,10 +55,11 @@ def run(cfg: DictConfig) -> float:
     try:
         # Every mistake the config can show is found here, before TensorFlow and before a run.
         checked = validate.job(cfg)
+        _keep_config(job_dir, resolved)
         with console.native_quiet(job_dir / "native.log"):
             _freeze_long_lived()
             env_tags = slots.configure_tensorflow(cfg.threads, cfg.deterministic)
-        fp = _fingerprint(cfg, resolved, hc) if cfg.mlflow.enabled else None
+        fp = _fingerprint(cfg, resolved, recipe) if cfg.mlflow.enabled else None
         if fp and cfg.resume and hc.mode == RunMode.MULTIRUN:
             done = _resume(cfg, fp, job_dir)
             if done is not None:
@@ -58,7 +68,7 @@ def run(cfg: DictConfig) -> float:
                               loss=history[-1] if history else None)
                 return record["loss"]
         if cfg.mlflow.enabled:
-            tracker = _start_run(cfg, resolved, hc, fp, env_tags)
+            tracker = _start_run(cfg, resolved, hc, fp, env_tags, recipe)
             sweep.write_job_record(job_dir, {**record, "status": "RUNNING", "run_id": tracker.run_id,
                                              "tracking_uri": cfg.mlflow.tracking_uri})
         result = dream_job(checked, resolved, job_dir, tracker)
@@ -79,6 +89,46 @@ def run(cfg: DictConfig) -> float:
         if (job_dir / "dream.png").is_file():
             record["image"] = str(job_dir / "dream.png")
         sweep.write_job_record(job_dir, record)
+
+
+def grow(cfg: DictConfig, overrides: list[str], into: Path) -> tuple[DictConfig, str]:
+    """from_run=RUN_ID: that run's exact resolved config (its logged photo and guide fetched
+    and checked by SHA-256, as `reproduce` does) with this command's overrides on top, each
+    taking the value Hydra composed for it. Returns the config and the recipe it was made with."""
+    from importlib.resources import files
+
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from . import reproduce, tracking
+
+    run_id, uri = str(cfg.from_run), cfg.mlflow.tracking_uri
+    run, logged = reproduce.fetch(tracking.client(uri), run_id, uri, into,
+                                  how="mlflow.tracking_uri=... (or MLFLOW_TRACKING_URI)")
+    logged["from_run"] = run_id
+    grown = OmegaConf.merge(OmegaConf.structured(config.Config), logged)
+    recipe = run.data.params.get("recipe", "None")
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if key in ("from_run", "sweep") or key.startswith("hydra") or o.is_delete():
+            continue
+        keys = [key]
+        if key == "recipe":  # a group of global keys: each key it sets, as composed
+            recipe = str(o.value())
+            path = files("dreamlab.conf") / "recipe" / f"{recipe}.yaml"
+            keys = [k for k in (yaml.safe_load(path.read_text()) or {}) if k != "defaults"]
+        for k in keys:
+            OmegaConf.update(grown, k, OmegaConf.select(cfg, k), merge=False, force_add=True)
+    return grown, recipe
+
+
+def _keep_config(job_dir: Path, resolved: dict) -> None:
+    """The job's resolved config in its folder (resolved.yaml), for the sweep's gallery."""
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
+    except OSError:
+        pass  # a courtesy: the run's config.yaml is the record
 
 
 def _freeze_long_lived() -> None:
@@ -122,7 +172,7 @@ def dream_job(checked: "validate.Job", resolved: dict, job_dir: Path, tracker):
 
 
 def _dream(checked: "validate.Job", tracker, job_dir: Path):
-    from . import engine
+    from . import engine, gallery
     from .settings import DreamSettings
 
     conf, picture, guide = checked.conf, checked.photo, checked.guide
@@ -147,6 +197,8 @@ def _dream(checked: "validate.Job", tracker, job_dir: Path):
     def on_octave(k: int, image, losses: list[float]) -> None:
         log.info("octave %d/%d %dx%d: loss %.4g -> %.4g", k + 1, conf.octaves,
                  image.shape[1], image.shape[0], losses[0], losses[-1])
+        if not zooming:  # for the sweep's gallery (dreamlab.gallery), in the job folder
+            gallery.save_octave(image, job_dir, k + 1)
         if tracker is not None:  # a zoom video logs its frames, not every octave of them
             tracker.log_octave(k, None if zooming else image, losses)
 
@@ -169,7 +221,7 @@ def _dream(checked: "validate.Job", tracker, job_dir: Path):
     return result
 
 
-def _fingerprint(cfg: DictConfig, resolved: dict, hc) -> str:
+def _fingerprint(cfg: DictConfig, resolved: dict, recipe: str) -> str:
     from . import tracking
 
     def sha(path):
@@ -178,7 +230,7 @@ def _fingerprint(cfg: DictConfig, resolved: dict, hc) -> str:
     name = cfg.backbone.name
     if name == backbones.CUSTOM and cfg.backbone.path:
         name = f"{backbones.CUSTOM}:{os.path.abspath(cfg.backbone.path)}"
-    return tracking.fingerprint(resolved, str(hc.runtime.choices.get("recipe")), sha(cfg.image),
+    return tracking.fingerprint(resolved, recipe, sha(cfg.image),
                                 sha(cfg.guide), backbones.weights_identity(name, cfg.backbone.weights))
 
 
@@ -197,12 +249,29 @@ def _resume(cfg: DictConfig, fp: str, job_dir: Path):
         log.info("run %s did this work but its dream.png is gone (%s): dreaming it again",
                  done.info.run_id, first_line(exc)[:200])
         return None
+    _fetch_octaves(cfg.mlflow.tracking_uri, done.info.run_id, job_dir)
     log.info("skipped: this exact work is already FINISHED as run %s (%s); resume=false reruns it",
              done.info.run_id, done.info.run_name)
     return done
 
 
-def _start_run(cfg: DictConfig, resolved: dict, hc, fp: Optional[str], env_tags: dict) -> Any:
+def _fetch_octaves(uri: str, run_id: str, job_dir: Path) -> None:
+    """A skipped job's octave pictures, from the run that did its work, for the gallery."""
+    import shutil
+
+    from . import gallery, tracking
+
+    try:
+        found = gallery.octave_pictures(tracking.client(uri), run_id, job_dir / ".octaves_download")
+        for k, path in enumerate(found, 1):
+            (job_dir / gallery.OCTAVES_DIR).mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), job_dir / gallery.OCTAVES_DIR / f"octave_{k}.png")
+        shutil.rmtree(job_dir / ".octaves_download", ignore_errors=True)
+    except Exception as exc:  # the gallery then shows the final picture alone
+        log.info("the octave pictures of run %s could not be fetched (%s)", run_id, first_line(exc)[:200])
+
+
+def _start_run(cfg: DictConfig, resolved: dict, hc, fp: Optional[str], env_tags: dict, recipe: str) -> Any:
     from . import runs, sweep, tracking
 
     overrides = list(hc.overrides.task)
@@ -210,6 +279,8 @@ def _start_run(cfg: DictConfig, resolved: dict, hc, fp: Optional[str], env_tags:
             "dreamlab.overrides": " ".join(overrides), **runs.owner_tags()}
     if fp:
         tags[tracking.FINGERPRINT_TAG] = fp
+    if cfg.get("from_run"):
+        tags[FROM_RUN_TAG] = str(cfg.from_run)
     swept: list[str] = []
     if hc.mode == RunMode.MULTIRUN:
         info = sweep.read_sweep_file(hc.sweep.dir)
@@ -224,7 +295,7 @@ def _start_run(cfg: DictConfig, resolved: dict, hc, fp: Optional[str], env_tags:
     tags.update(env_tags)
     params = tracking.flatten(resolved)
     # The recipe is a config group, so it is not a key of the resolved config; log the choice.
-    params["recipe"] = str(hc.runtime.choices.get("recipe"))
+    params["recipe"] = recipe
     return tracking.JobRun(cfg.mlflow.tracking_uri, cfg.mlflow.experiment,
                            run_name=",".join(named) or "dream", params=params, tags=tags)
 

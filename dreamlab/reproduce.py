@@ -36,31 +36,51 @@ def _download_checked(client, run, folder: str, sha_tag: str, into: Path) -> str
     return path
 
 
-def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/reproduce")) -> dict:
-    import yaml
+def find_run(client, run_id: str, tracking_uri: str, how: str = "--tracking-uri (or MLFLOW_TRACKING_URI)"):
+    """The logged run, or one line that says it is not in this store."""
     from mlflow.exceptions import MlflowException
-    from omegaconf import OmegaConf
 
-    from . import config, jobs, slots, tracking, validate
-
-    client = tracking.client(tracking_uri)
     try:
-        run = client.get_run(run_id)
+        return client.get_run(run_id)
     except MlflowException:
         raise DreamlabError(f"no run {run_id} in {tracking_uri}: give a run id from the MLflow UI "
-                            f"and --tracking-uri (or MLFLOW_TRACKING_URI) of its store") from None
-    job_dir = out_root / run_id
-    fetched = job_dir / "original"
-    fetched.mkdir(parents=True, exist_ok=True)
-    resolved = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", str(fetched))).read_text())
-    image = _download_checked(client, run, "input", "dreamlab.input_sha256", fetched)
+                            f"and {how} of its store") from None
+
+
+def fetch(client, run_id: str, tracking_uri: str, into: Path,
+          how: str = "--tracking-uri (or MLFLOW_TRACKING_URI)"):
+    """(run, its exact resolved config) with the logged photo and guide downloaded into `into`
+    and checked by SHA-256, their paths in the config, and the config's tracking URI set to
+    `tracking_uri`: what `reproduce` dreams again and `from_run=RUN_ID` grows from."""
+    import yaml
+
+    run = find_run(client, run_id, tracking_uri, how)
+    into = Path(into)
+    into.mkdir(parents=True, exist_ok=True)
+    if "config.yaml" not in {a.path for a in client.list_artifacts(run_id)}:
+        raise DreamlabError(f"run {run_id} has no config.yaml artifact (it failed or was not made by a "
+                            f"dreamlab job): pick a FINISHED dream run")
+    resolved = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", str(into))).read_text())
+    image = _download_checked(client, run, "input", "dreamlab.input_sha256", into)
     if resolved.get("image") is not None:
         if image is None:
             raise DreamlabError(f"run {run_id} has no logged input photo to dream from")
         resolved["image"] = image
     if resolved.get("guide") is not None:
-        resolved["guide"] = _download_checked(client, run, "guide", "dreamlab.guide_sha256", fetched)
+        resolved["guide"] = _download_checked(client, run, "guide", "dreamlab.guide_sha256", into)
     resolved["mlflow"]["tracking_uri"] = tracking_uri
+    return run, resolved
+
+
+def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/reproduce")) -> dict:
+    from omegaconf import OmegaConf
+
+    from . import config, jobs, slots, tracking, validate
+
+    client = tracking.client(tracking_uri)
+    job_dir = out_root / run_id
+    fetched = job_dir / "original"
+    run, resolved = fetch(client, run_id, tracking_uri, fetched)
     checked = validate.job(OmegaConf.create(resolved))
     conf = checked.conf
     # The original's thread count is in its config: the same pools give the same bytes.

@@ -179,6 +179,9 @@ class MlflowSweep(Callback):
         keys = swept_keys(overrides, params)
         info = {"parent_run_id": None, "swept": keys, "experiment_id": None}
         self._check(config, sweep_dir, info)
+        grown = from_runs(config, overrides)
+        if grown:
+            info["from_run"] = grown[0]
         if config.mlflow.enabled:
             try:
                 self._open_parent(config, sweep_dir, overrides, keys, params, info)
@@ -209,6 +212,7 @@ class MlflowSweep(Callback):
         run = client.create_run(exp, run_name=f"sweep {name or sweep_dir.name}", tags={
             tracking.SWEEP_TAG: str(sweep_dir.resolve()), **runs.owner_tags(),
             "dreamlab.role": "sweep",
+            **({"dreamlab.from_run": info["from_run"]} if info.get("from_run") else {}),
         })
         run_id = run.info.run_id
         # Open from here on: whatever ends the sweep now ends this run (`_close`).
@@ -222,6 +226,8 @@ class MlflowSweep(Callback):
         client.log_param(run_id, "swept", " ".join(swept))
         client.log_param(run_id, "sweep", name or "command line")
         client.log_param(run_id, "launcher", hydra_cfg.runtime.choices.get("hydra/launcher", "basic"))
+        if info.get("from_run"):
+            client.log_param(run_id, "from_run", info["from_run"])
 
     @staticmethod
     def _check(config: DictConfig, sweep_dir: Path, info: dict) -> None:
@@ -236,6 +242,7 @@ class MlflowSweep(Callback):
             (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
             if config.mlflow.enabled:
                 validate.store(config.mlflow)
+            check_from_runs(config, list(config.hydra.overrides.task))
         except DreamlabError as exc:
             print(f"dreamlab: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
@@ -266,6 +273,12 @@ class MlflowSweep(Callback):
                   f"FINISHED (resume=false reruns them): jobs {', '.join(str(j['job']) for j in skipped)}")
         sheet, overlay = _sweep_pictures(config, sweep_dir, jobs, info.get("swept", []))
         print(f"contact sheet: {sheet}")
+        try:
+            page = _gallery(config, sweep_dir, info)
+            print(f"gallery: {page}")
+        except Exception as exc:  # the contact sheet and the summary still stand
+            page = None
+            print(f"dreamlab: warning: the sweep's gallery.html could not be made: {reason(exc)}", file=sys.stderr)
         if info.get("parent_run_id"):
             from . import tracking
 
@@ -278,6 +291,8 @@ class MlflowSweep(Callback):
             client.log_param(parent, "skipped_jobs", len(skipped))
             client.log_artifact(parent, str(sheet))
             client.log_artifact(parent, str(overlay))
+            if page is not None:
+                client.log_artifact(parent, str(page))
             _note(client, parent, info.get("experiment_id"), jobs)
             client.set_terminated(parent, "FAILED" if failed else "FINISHED")
             ACTIVE.clear()
@@ -327,6 +342,82 @@ def _sweep_pictures(config: DictConfig, sweep_dir: Path, jobs: list[dict], keys:
               for j in jobs if j.get("losses")}
     overlay = plots.loss_overlay(curves, sweep_dir / "loss_overlay.png", title="loss per step, every job")
     return sheet, overlay
+
+
+def from_runs(config: DictConfig, overrides: list[str]) -> list[str]:
+    """The run ids a sweep grows from (`from_run=ID`, or swept: `from_run=A,B`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    ids: list[str] = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.key_or_group == "from_run" and not o.is_delete():
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
+            ids += [v for v in values if v not in ("null", "None", "")]
+    if not ids and OmegaConf.select(config, "from_run", default=None):
+        ids = [str(config.from_run)]
+    return ids
+
+
+def check_from_runs(config: DictConfig, overrides: list[str]) -> None:
+    """Every run a sweep grows from exists in its store and has its config: one line, before
+    any job starts, when not."""
+    ids = from_runs(config, overrides)
+    if not ids:
+        return
+    from . import reproduce, tracking
+
+    uri = config.mlflow.tracking_uri
+    client = tracking.client(uri)
+    for run_id in ids:
+        reproduce.find_run(client, run_id, uri, "mlflow.tracking_uri=... (or MLFLOW_TRACKING_URI)")
+        if "config.yaml" not in {a.path for a in client.list_artifacts(run_id)}:
+            raise DreamlabError(f"run {run_id} has no config.yaml artifact (it failed or was not made by a "
+                                f"dreamlab job): pick a FINISHED dream run for from_run")
+
+
+def _gallery(config: DictConfig, sweep_dir: Path, info: dict) -> Path:
+    """gallery.html in the sweep folder (dreamlab.gallery): every job's octave pictures from
+    its folder, with its values, losses, config and run link; a grown sweep's origin first."""
+    import yaml
+
+    from . import gallery, tracking
+
+    keys = info.get("swept", [])
+    uri = config.mlflow.tracking_uri
+    base, note = gallery.link_base(uri) if config.mlflow.enabled else ("", "")
+    experiment = info.get("experiment_id")
+    folders = {}
+    for path in sweep_dir.glob(f"*/{JOB_FILE}"):
+        record = json.loads(path.read_text())
+        folders[int(record["job"])] = (record, path.parent)
+    cells, photo = [], None
+    for num in sorted(folders):
+        record, folder = folders[num]
+        octaves = gallery.job_octaves(folder)
+        resolved = folder / "resolved.yaml"
+        text = resolved.read_text() if resolved.is_file() else ""
+        if photo is None and text and "image" not in keys:
+            image = (yaml.safe_load(text) or {}).get("image")
+            photo = image if image and os.path.isfile(str(image)) else None
+        run_id = record.get("run_id")
+        cells.append(gallery.Cell(
+            values=job_values(record, keys), status=record["status"], octaves=octaves,
+            image=None if octaves else record.get("image"), losses=record.get("losses") or [],
+            loss=record.get("loss"), seconds=record.get("seconds"), error=record.get("error"),
+            name=f"job {num}", run_id=run_id,
+            run_url=tracking.ui_link(base, experiment, run_id) if run_id and experiment and base else None,
+            command=(gallery.reproduce_command(run_id, uri) if run_id else
+                     f"python -m dreamlab {record['overrides']}"), config=text))
+    origin = None
+    if info.get("from_run") and config.mlflow.enabled:
+        client = tracking.client(uri)
+        run = client.get_run(info["from_run"])
+        origin = gallery.run_cell(client, run, keys, sweep_dir / ".gallery", uri)
+    name = OmegaConf.select(config, "hydra.runtime.choices.sweep", default=None) or "command line"
+    failed = sum(1 for c in cells if c.status == "FAILED")
+    return gallery.write(sweep_dir / "gallery.html", cells, keys, photo=photo, origin=origin,
+                         title=f"sweep {name}: {len(cells)} jobs" + (f", {failed} failed" if failed else ""),
+                         subtitle=f"swept: {', '.join(keys) or 'nothing'}  |  {sweep_dir}", note=note)
 
 
 JOB_FILE = "job.json"

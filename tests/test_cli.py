@@ -9,8 +9,6 @@ from mlflow.tracking import MlflowClient
 from conftest import TRAINED_WEIGHTS, error_lines, run_cli, store_uri
 
 PARENT = "mlflow.parentRunId"
-# Keep the module's tests on one xdist worker: they share the literal sweep's store.
-pytestmark = pytest.mark.xdist_group("cli")
 
 
 def runs(uri: str, where: str = ""):

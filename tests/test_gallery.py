@@ -18,7 +18,6 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, TRAINED_WEIGHTS, error_lines, run_cli
 
-pytestmark = pytest.mark.xdist_group("gallery")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]

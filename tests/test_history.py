@@ -15,7 +15,6 @@ from PIL import Image
 from conftest import TRAINED_WEIGHTS, error_lines, run_cli, store_uri
 from dreamlab.tracking import EXPERIMENT_KIND, VIEW_TAG, ui_link
 
-pytestmark = pytest.mark.xdist_group("history")
 PARENT = "mlflow.parentRunId"
 
 

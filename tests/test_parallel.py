@@ -18,7 +18,6 @@ from mlflow.tracking import MlflowClient
 from conftest import TRAINED_WEIGHTS, run_cli, store_uri
 
 PARENT = "mlflow.parentRunId"
-pytestmark = pytest.mark.xdist_group("parallel")
 TINY = ["max_size=96", "steps=2", "backbone.weights=null", "progress=false"]
 
 

@@ -20,7 +20,6 @@ from conftest import error_lines, run_cli, store_uri
 
 from dreamlab import images
 
-pytestmark = pytest.mark.xdist_group("safety")
 TINY = ["backbone=mobilenet_v2", "backbone.weights=bundled", "max_size=64", "octaves=1", "steps=1",
         "progress=false"]
 

@@ -20,7 +20,6 @@ from clusters import ClusterError, free_port, slurm, wait_until
 from conftest import run_cli, store_uri
 
 PARENT = "mlflow.parentRunId"
-pytestmark = pytest.mark.xdist_group("scale_out")
 GRID = ["-m", "layers=mixed3,mixed5", "octaves=1,2", "max_size=96", "steps=2", "backbone.weights=null",
         "progress=false"]
 

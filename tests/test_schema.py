@@ -38,7 +38,7 @@ def test_every_field_has_a_one_line_meaning_and_a_role():
     keys = [o.key for o in config.options()]
     assert "backbone.weights" in keys and "mlflow.tracking_uri" in keys and len(keys) == len(set(keys))
     assert {o.key for o in config.options() if o.role == PLACE} == {
-        "resume", "progress", "threads", "mlflow.tracking_uri", "mlflow.experiment", "mlflow.enabled"}
+        "resume", "progress", "threads", "from_run", "mlflow.tracking_uri", "mlflow.experiment", "mlflow.enabled"}
 
 
 def test_a_new_field_reaches_the_fingerprint_compare_and_place_tags(extended):

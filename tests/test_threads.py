@@ -4,12 +4,10 @@ resumed sweep to redo a job."""
 
 import os
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TRAINED_WEIGHTS, run_cli, store_uri
 
-pytestmark = pytest.mark.xdist_group("threads")
 
 
 def test_threads_default_to_the_cores_given_and_reproduce_sets_the_recorded_count(tmp_path, square_photo):

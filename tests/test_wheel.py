@@ -19,7 +19,6 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, store_uri
 
-pytestmark = pytest.mark.xdist_group("wheel")
 # What a wheel is built from (the rest of the checkout stays out of the build).
 SOURCES = ("pyproject.toml", "README.md", "dreamlab", "conf", "sweeps", "hydra_plugins")
 

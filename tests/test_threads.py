@@ -9,7 +9,6 @@ from mlflow.tracking import MlflowClient
 from conftest import TRAINED_WEIGHTS, run_cli, store_uri
 
 
-
 def test_threads_default_to_the_cores_given_and_reproduce_sets_the_recorded_count(tmp_path, square_photo):
     uri = store_uri(tmp_path)
     common = ["backbone=mobilenet_v2", f"backbone.weights={TRAINED_WEIGHTS}", "layers=block_9_add",

@@ -181,11 +181,9 @@ def link_base(tracking_uri: str) -> tuple[str, str]:
     """(the UI address run links start with, the note that says how to open them)."""
     if tracking_uri.startswith(("http://", "https://")):
         return tracking_uri.rstrip("/"), ""
-    from .tracking import DEFAULT_URI
+    from .tracking import LOCAL_UI, serve_command
 
-    serve = "make ui" if tracking_uri == DEFAULT_URI else f"mlflow ui --backend-store-uri {tracking_uri}"
-    return "http://127.0.0.1:5000", (f"Run links need the store's UI running: {serve} "
-                                     f"(it serves http://127.0.0.1:5000).")
+    return LOCAL_UI, f"Run links need the store's UI running: {serve_command(tracking_uri)} (it serves {LOCAL_UI})."
 
 
 def run_cell(client, run, keys: Sequence[str], into: Path, tracking_uri: str, name: str = "") -> Cell:

@@ -147,8 +147,16 @@ def how_to_open(tracking_uri: str, experiment: str, run_id: Optional[str] = None
     serves a local store and then the page."""
     if tracking_uri.startswith(("http://", "https://")):
         return ui_link(tracking_uri, experiment, run_id)
-    serve = ("make ui" if tracking_uri == DEFAULT_URI else f"mlflow ui --backend-store-uri {tracking_uri}")
-    return f"{serve}, then {ui_link('http://127.0.0.1:5000', experiment, run_id)}"
+    return f"{serve_command(tracking_uri)}, then {ui_link(LOCAL_UI, experiment, run_id)}"
+
+
+# Where `make ui` and `mlflow ui` serve a local store.
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def serve_command(tracking_uri: str) -> str:
+    """The command that serves a local store's UI at LOCAL_UI."""
+    return "make ui" if tracking_uri == DEFAULT_URI else f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
 def ui_link(base: str, experiment: str, run_id: Optional[str] = None) -> str:

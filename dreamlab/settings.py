@@ -21,6 +21,7 @@ OCTAVE_SIZES = ("round_previous", "floor_base", "floor_base_float32")
 RESIZES = ("align_corners", "half_pixel")
 FINAL_RESIZES = ("float", "uint8")
 PRECISIONS = ("float32", "mixed_bfloat16")
+BACKENDS = ("tensorflow", "jax")  # the modules of dreamlab.engine.backends
 
 # What a key is to a run, declared once per field (`option(..., role=)`): the resume
 # fingerprint, `compare` and `reproduce` all read it from here.
@@ -92,10 +93,18 @@ class DreamSettings:
     precision: str = option(
         "float32", "network arithmetic: float32, or mixed_bfloat16 (bfloat16 activations, BatchNorm folded; "
         "faster on CPUs with AMX)")
-    # On GPUs some ops are slower and a few have no deterministic kernel at all, which stops
-    # the dream with an error naming this key.
-    deterministic: bool = option(True, "TensorFlow's deterministic ops: same config, seed and machine give "
-                                       "the same bytes")
+    # On GPUs some ops are slower and a few have no deterministic kernel at all (XLA's max-pool
+    # gradient, which InceptionV3 needs), which stops the dream with an error naming this
+    # key: so the default is on where every op has one (CPUs), off on GPUs. The value used is
+    # recorded (param and config.yaml), as threads.
+    deterministic: Optional[bool] = option(
+        None, "deterministic ops (same config, seed and machine: same bytes); null: true on a CPU, false on "
+              "a GPU (docs: Backends)")
+    # Keras reads KERAS_BACKEND once per process, so a process keeps one backend; the value
+    # used is recorded and part of the resume fingerprint (another backend, other kernels).
+    backend: Optional[str] = option(
+        None, "the Keras backend: tensorflow or jax; null: KERAS_BACKEND when set, else tensorflow "
+              "(docs: Backends)")
 
     def __post_init__(self) -> None:
         check(self.octaves >= 1, "octaves must be >= 1", "octaves=4")
@@ -118,6 +127,8 @@ class DreamSettings:
         check(self.jitter >= 0, "jitter must be >= 0", "jitter=32")
         check(self.tile_size >= 0, "tile_size must be >= 0 (0 = no tiling)", "tile_size=512")
         check(self.seed >= 0, "seed must be >= 0", "seed=0")
+        check(self.backend in (None,) + BACKENDS, f"backend must be one of {'|'.join(BACKENDS)} or null",
+              "backend=jax")
         check(self.precision in PRECISIONS, f"precision must be one of {'|'.join(PRECISIONS)}",
               "precision=mixed_bfloat16")
 

@@ -454,8 +454,9 @@ def _layer_cache(name: str) -> Optional[Path]:
         version = metadata.version("keras")
     except metadata.PackageNotFoundError:
         return None
-    root = os.environ.get("DREAMLAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dreamlab"
-    return Path(root) / "layers" / f"{name}-keras{version}.json"
+    from . import cache
+
+    return cache.root() / "layers" / f"{name}-keras{version}.json"
 
 
 def known_layers(name: str) -> Optional[list[str]]:

@@ -91,14 +91,19 @@ class Environment:
     dreamlab: str = option("", "dreamlab's version")
     git_commit: str = option("", "dreamlab's commit, when run from a git checkout")
     python: str = option("", "Python's version")
-    tensorflow: str = option("", "TensorFlow's version")
+    backend: str = option("", "the Keras backend and its version (tensorflow 2.21.0, jax 0.10.2)")
+    tensorflow: str = option("", "TensorFlow's version (none when not installed)")
     keras: str = option("", "Keras' version")
     cpu: str = option("", "the CPU model (kernels and their rounding differ between CPUs)")
-    gpu: str = option("", "the GPUs TensorFlow sees, or none")
+    gpu: str = option("", "the GPUs the backend sees, or none")
     threads: str = option("", "the intra-op threads the job used")
-    deterministic: str = option("", "whether TensorFlow's deterministic ops were on")
+    deterministic: str = option("", "whether deterministic ops were on (TensorFlow's op determinism, XLA's "
+                                    "xla_gpu_deterministic_ops)")
     device: str = option("", "the slot: cpu:CORES or gpu:N", role=PLACE)
-    inter_op_threads: str = option("", "TensorFlow's inter-op threads", role=PLACE)
+    inter_op_threads: str = option("", "TensorFlow's inter-op threads (on JAX, the cores XLA may use)",
+                                   role=PLACE)
+    gpu_memory: str = option("", "how the job takes GPU memory: growth (TensorFlow), preallocate FRACTION or "
+                                 "on demand (JAX)", role=PLACE)
     cuda_visible_devices: str = option("", "CUDA_VISIBLE_DEVICES of the job", role=PLACE)
     slurm_job_id: str = option("", "the SLURM job that ran it", role=PLACE)
 

@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from . import backbones, config, console, images, slots, validate
+from .engine import backends  # imports no Keras: the job chooses the backend first
 from .errors import first_line, interruption
 
 log = logging.getLogger("dreamlab")
@@ -49,16 +50,23 @@ def run(cfg: DictConfig) -> float:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # The count used, not null, is what the run records and what reproduce sets again.
     resolved["threads"] = cfg.threads if cfg.threads is not None else slots.cores_given()
-    with read_write(cfg), open_dict(cfg):
-        cfg.threads = resolved["threads"]
     tracker = None
     try:
-        # Every mistake the config can show is found here, before TensorFlow and before a run.
+        # Null backend: KERAS_BACKEND, else TensorFlow; the one used is what the run records.
+        resolved["backend"] = backends.requested(cfg.backend)
+        with read_write(cfg), open_dict(cfg):
+            cfg.threads, cfg.backend = resolved["threads"], resolved["backend"]
+        # Every mistake the config can show is found here, before Keras and before a run.
         checked = validate.job(cfg)
-        _keep_config(job_dir, resolved)
         with console.native_quiet(job_dir / "native.log"):
+            env_tags, deterministic = slots.configure(cfg.backend, cfg.threads, cfg.deterministic)
             _freeze_long_lived()
-            env_tags = slots.configure_tensorflow(cfg.threads, cfg.deterministic)
+        # Null determinism: on for a CPU, off for a GPU; the value used is recorded, as threads.
+        resolved["deterministic"] = deterministic
+        with read_write(cfg), open_dict(cfg):
+            cfg.deterministic = deterministic
+        checked.conf.deterministic = deterministic
+        _keep_config(job_dir, resolved)
         fp = _fingerprint(cfg, resolved, recipe) if cfg.mlflow.enabled else None
         if fp and cfg.resume and hc.mode == RunMode.MULTIRUN:
             done = _resume(cfg, fp, job_dir)
@@ -204,7 +212,9 @@ def _dream(checked: "validate.Job", tracker, job_dir: Path):
 
     if not zooming:
         with console.above_progress_bars():
-            return engine.dream(picture, on_octave=on_octave, **kwargs)
+            result = engine.dream(picture, on_octave=on_octave, **kwargs)
+        _log_speed(tracker, result)
+        return result
     frames = []
     with console.above_progress_bars():
         for i, result in enumerate(engine.dream_zoom(picture, conf.frames, conf.zoom,
@@ -219,6 +229,19 @@ def _dream(checked: "validate.Job", tracker, job_dir: Path):
         tracker.log_artifact(str(gif))
         tracker.log_artifact(str(job_dir / "frames"))
     return result
+
+
+def _log_speed(tracker, result) -> None:
+    """How fast the job's backend dreamt: compile seconds, steps per second, peak GPU memory."""
+    if tracker is None:
+        return
+    from .engine import backends
+
+    metrics = {"compile_seconds": result.compile_seconds, "steps_per_second": result.steps_per_second}
+    peak = backends.module().peak_memory_mb()
+    if peak is not None:
+        metrics["peak_memory_mb"] = peak
+    tracker.log_metrics(metrics)
 
 
 def _fingerprint(cfg: DictConfig, resolved: dict, recipe: str) -> str:

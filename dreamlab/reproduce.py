@@ -84,7 +84,9 @@ def reproduce(run_id: str, tracking_uri: str, out_root: Path = Path("outputs/rep
     checked = validate.job(OmegaConf.create(resolved))
     conf = checked.conf
     # The original's thread count is in its config: the same pools give the same bytes.
-    env_tags = slots.configure_tensorflow(conf.threads, conf.deterministic)
+    # And its backend and determinism (a run of 0.3 has neither: TensorFlow, deterministic).
+    env_tags, _ = slots.configure(conf.backend or "tensorflow", conf.threads,
+                                  True if conf.deterministic is None else conf.deterministic)
     experiment = client.get_experiment(run.info.experiment_id).name
     params = tracking.flatten(resolved)
     params["recipe"] = run.data.params.get("recipe", "None")

@@ -4,7 +4,7 @@ A slot is what one long-lived worker of `hydra/launcher=parallel` owns for its w
 one GPU (or a share of one), or a group of CPU cores. `plan` splits the machine into slots
 without importing TensorFlow (the launching process never needs it); `worker_env` gives the
 environment a worker starts with (`CUDA_VISIBLE_DEVICES` must be set before TensorFlow
-initialises its devices); `configure_tensorflow` sizes TensorFlow's thread pools in the
+initialises its devices); `configure` sets up the Keras backend (its thread pools, its GPU memory) in the
 process that dreams, whichever launcher started it, and says what it did (`env.*` tags).
 
 Why the intra-op thread count is recorded: oneDNN splits some gradients (max pooling's,
@@ -30,7 +30,7 @@ from .errors import DreamlabError
 # ids here; workers get them in CUDA_VISIBLE_DEVICES, and TensorFlow, finding no such GPU,
 # runs on the CPU.
 PRETEND_GPUS_ENV = "DREAMLAB_PRETEND_GPUS"
-# The slot a worker was started for, as JSON, read back by configure_tensorflow.
+# The slot a worker was started for, as JSON, read back by configure.
 SLOT_ENV = "DREAMLAB_SLOT"
 # Each worker of a GPU machine keeps about this much host memory (TensorFlow, a backbone, its
 # compiled steps at 512 px: 1.2 to 1.7 GB measured); CPU workers are bounded by it too.
@@ -197,49 +197,47 @@ def enter(slot_json: str) -> None:
 _configured: dict = {}
 
 
-def configure_tensorflow(threads: int, deterministic: bool = True) -> dict[str, str]:
-    """Size TensorFlow's pools for this process (once) and return the `env.*` tags of the slot.
+def configure(backend: Optional[str], threads: int, deterministic: Optional[bool] = None) -> tuple[dict, bool]:
+    """Set up this process's Keras backend for its slot (once) and return the `env.*` tags of
+    the slot and the determinism the job runs with (null: on for a CPU, off for a GPU, where
+    XLA's max-pool gradient has no deterministic kernel).
 
-    intra-op: `threads` (the config key: it shapes the picture's bytes); inter-op: the cores
-    this process may use. A later job of the same process that asks another `threads` gets a
-    one-line error, because TensorFlow fixes its pools when it starts.
+    threads: TensorFlow's intra-op pool (the config key: it shapes the picture's bytes), or
+    on JAX the cores XLA's pool may use. A later job of the same process that asks another
+    `threads` or backend gets a one-line error: both are fixed when the backend starts.
     """
+    from . import cache
+    from .engine import backends
+
+    name = backends.use(backend)
     if _configured:
         if _configured["threads"] != threads:
             raise DreamlabError(
                 f"threads={threads} but this process already dreams with threads={_configured['threads']}: "
-                f"TensorFlow fixes its thread pools once per process, so sweep other keys and "
+                f"{name} fixes its thread pools once per process, so sweep other keys and "
                 f"run each threads value as its own command")
-        return {**_configured["tags"], "env.deterministic": str(deterministic).lower()}
-    import tensorflow as tf
-
-    cores = available_cores()
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(len(cores))
-    except RuntimeError:  # TensorFlow already ran an op (a notebook, a test): keep its pools
-        pass
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        try:  # two workers may share a GPU; without growth the first one takes all its memory
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
-    slot_json = os.environ.get(SLOT_ENV)
-    slot = Slot(**json.loads(slot_json)) if slot_json else None
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    if slot is not None:
-        device = slot.device
-    elif visible and visible != "-1":  # a GPU given by SLURM or Ray
-        device = f"gpu:{visible}" + ("" if gpus else " (not found by TensorFlow)")
+        tags = dict(_configured["tags"])
     else:
-        device = "cpu:" + ",".join(map(str, cores))
-    tags = {"env.device": device,
-            "env.threads": str(tf.config.threading.get_intra_op_parallelism_threads() or threads),
-            "env.inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads() or len(cores)),
-            "env.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")}
-    if os.environ.get("SLURM_JOB_ID"):  # which SLURM job did it, for sacct and the logs
-        tags["env.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-    _configured.update(threads=threads, tags=tags)
-    # Per job, not cached: each dream sets op determinism anew (engine._set_determinism).
-    return {**tags, "env.deterministic": str(deterministic).lower()}
+        module = backends.module(name)
+        cores = available_cores()
+        tags = module.configure(threads, cores, cache_dir=str(cache.root() / name))
+        slot_json = os.environ.get(SLOT_ENV)
+        slot = Slot(**json.loads(slot_json)) if slot_json else None
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if slot is not None:
+            device = slot.device
+        elif visible and visible != "-1":  # a GPU given by SLURM or Ray
+            device = f"gpu:{visible}" + ("" if module.gpus() else f" (not found by {name})")
+        elif module.on_gpu():  # the backend's own GPU, as nobody chose one
+            device = "gpu:0"
+        else:
+            device = "cpu:" + ",".join(map(str, cores))
+        tags.update({"env.device": device, "env.backend": backends.version(name),
+                     "env.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")})
+        if os.environ.get("SLURM_JOB_ID"):  # which SLURM job did it, for sacct and the logs
+            tags["env.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+        _configured.update(threads=threads, tags=tags, gpu=module.on_gpu())
+    if deterministic is None:
+        deterministic = not _configured["gpu"]
+    # Per job, not cached: each dream sets determinism anew.
+    return {**tags, "env.deterministic": str(deterministic).lower()}, deterministic

@@ -201,20 +201,25 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def environment() -> dict[str, str]:
     """What a reproduction elsewhere needs to compare against."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import keras
-    import tensorflow as tf
 
     from . import __version__
+    from .engine import backends
 
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    try:  # from its metadata: a JAX job does not import TensorFlow for its version
+        tensorflow = version("tensorflow")
+    except PackageNotFoundError:
+        tensorflow = "none"
     return {
         "env.dreamlab": __version__,
         "env.git_commit": _git_commit(),
         "env.python": platform.python_version(),
-        "env.tensorflow": tf.__version__,
+        "env.tensorflow": tensorflow,
         "env.keras": keras.__version__,
         "env.cpu": _cpu_model(),
-        "env.gpu": ",".join(gpus) or "none",
+        "env.gpu": ",".join(backends.module().gpus()) or "none",
     }
 
 
@@ -303,6 +308,14 @@ class JobRun:
             self._later(self.client.log_batch, self.run_id, metrics=metrics[i:i + _BATCH])
         if image is not None:
             self.log_image(image, "octave", octave)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Single values of the whole run (compile_seconds, steps_per_second), without waiting."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        self._later(self.client.log_batch, self.run_id, metrics=batch)
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         self._later(self.client.log_image, self.run_id, image, key=key, step=step)

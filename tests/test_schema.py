@@ -72,7 +72,7 @@ def test_every_env_tag_a_run_gets_is_declared_in_the_schema():
     declared = {f"env.{f.name}" for f in dataclasses.fields(Environment)}
     # In a process of its own: TensorFlow's thread pools are set once per process.
     code = ("import json; from dreamlab import slots, tracking; "
-            "print(json.dumps(sorted(set(tracking.environment()) | set(slots.configure_tensorflow(1)))))")
+            "print(json.dumps(sorted(set(tracking.environment()) | set(slots.configure(None, 1)[0]))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     made = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert "env.cpu" in made and "env.device" in made

@@ -50,7 +50,8 @@ def configure(threads: int, cores: list[int], cache_dir: Optional[str] = None) -
         # Every step compiles in well over this; smaller programs are not worth a file.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     used = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else threads
-    return {"env.threads": str(used), "env.inter_op_threads": str(used), "env.gpu_memory": gpu_memory()}
+    return {"env.threads": str(used), "env.inter_op_threads": str(used),
+            "env.gpu_memory": gpu_memory() if on_gpu() else "none (cpu)"}
 
 
 def gpu_memory() -> str:

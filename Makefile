@@ -16,8 +16,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
 
+# .installed: dreamlab with the TensorFlow backend (make dream, sweep, bench). The stamps of
+# installs without TensorFlow (ui, server, docs) do not touch it.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -qq -e .
+	$(PY) -m pip install -qq -e '.[tensorflow]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
@@ -35,7 +37,7 @@ sweep: $(VENV)/.installed
 
 $(VENV)/.installed-server: pyproject.toml | $(PY)
 	$(PY) -m pip install -qq -e '.[server]'
-	touch $@ $(VENV)/.installed
+	touch $@
 
 test: $(VENV)/.installed-test
 	@command -v chromium >/dev/null 2>&1 && command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 \
@@ -48,8 +50,12 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench.py $(ARGS)
 
-# The store make dream and make sweep write to.
-ui: $(VENV)/.installed
+$(VENV)/.installed-ui: pyproject.toml | $(PY)
+	$(PY) -m pip install -qq -e '.[ui]'
+	touch $@
+
+# The store make dream and make sweep write to (the full mlflow: the extra ui).
+ui: $(VENV)/.installed-ui
 	@echo "MLflow UI of outputs/mlflow.db: http://$(HOST):$(PORT) (Ctrl-C stops it)"
 	@MLFLOW_LOGGING_LEVEL=WARNING $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db \
 		--host $(HOST) --port $(PORT) $(ARGS)
@@ -64,7 +70,7 @@ server: $(VENV)/.installed-server
 
 $(VENV)/.installed-docs: pyproject.toml | $(PY)
 	$(PY) -m pip install -qq -e '.[docs]'
-	touch $@ $(VENV)/.installed
+	touch $@
 
 # The documentation site (mkdocs.yml, docs/), built offline; --strict fails on a broken link.
 # NO_MKDOCS_2_WARNING quiets Material's end-of-life banner, which is not about this site.

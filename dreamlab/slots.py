@@ -43,6 +43,7 @@ class Slot:
     gpu: Optional[str] = None  # the GPU id the worker sees as its only GPU; None: CPU only
     cores: list[int] = field(default_factory=list)  # the cores the worker is pinned to
     pretend: bool = False
+    shared: bool = False  # other workers use the same GPU (workers_per_gpu > 1)
 
     @property
     def device(self) -> str:
@@ -156,7 +157,9 @@ def plan(gpus: Optional[Sequence] = None, workers_per_gpu: int = 1, workers: Opt
         if jobs is not None:
             ids = ids[:max(1, jobs)]
         share = max(1, len(cores) // len(ids))
-        return [Slot(i, gpu=g, cores=_cores_of(i, share, cores), pretend=pretend) for i, g in enumerate(ids)]
+        shared = {g for g in ids if ids.count(g) > 1}
+        return [Slot(i, gpu=g, cores=_cores_of(i, share, cores), pretend=pretend, shared=g in shared)
+                for i, g in enumerate(ids)]
     if cores_per_worker is not None and cores_per_worker < 1:
         raise DreamlabError("hydra.launcher.cores_per_worker must be >= 1 or null")
     per = cores_per_worker or 1
@@ -178,13 +181,35 @@ def _cores_of(i: int, per: int, cores: list[int]) -> list[int]:
     return [cores[(i * per + k) % len(cores)] for k in range(per)]
 
 
-def worker_env(slot: Slot) -> dict[str, str]:
+def worker_env(slot: Slot, backend: Optional[str] = None) -> dict[str, str]:
     """The environment a worker must start with: its GPU, or no GPU at all for a CPU slot
-    (so a CPU worker on a GPU machine does not grab every GPU's memory)."""
-    return {"CUDA_VISIBLE_DEVICES": slot.gpu if slot.gpu is not None else "",
-            SLOT_ENV: slot.to_json(),
-            # tqdm reads TQDM_* defaults: each worker's progress bar keeps its own line.
-            "TQDM_POSITION": str(slot.index)}
+    (so a CPU worker on a GPU machine does not grab every GPU's memory), and its Keras
+    backend (a worker keeps one, as any process)."""
+    env = {"CUDA_VISIBLE_DEVICES": slot.gpu if slot.gpu is not None else "",
+           SLOT_ENV: slot.to_json(),
+           # tqdm reads TQDM_* defaults: each worker's progress bar keeps its own line.
+           "TQDM_POSITION": str(slot.index)}
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    return env
+
+
+def gpu_shared() -> bool:
+    """Whether this process shares its GPU with other workers: a parallel slot with
+    workers_per_gpu > 1, or a Ray task given a fraction of a GPU."""
+    slot_json = os.environ.get(SLOT_ENV)
+    if slot_json:
+        return Slot(**json.loads(slot_json)).shared
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return False
+    try:
+        gpus = ray.get_runtime_context().get_assigned_resources().get("GPU")
+    except Exception:
+        return False
+    return bool(gpus) and gpus < 1
 
 
 def enter(slot_json: str) -> None:
@@ -220,7 +245,7 @@ def configure(backend: Optional[str], threads: int, deterministic: Optional[bool
     else:
         module = backends.module(name)
         cores = available_cores()
-        tags = module.configure(threads, cores, cache_dir=str(cache.root() / name))
+        tags = module.configure(threads, cores, cache_dir=str(cache.root() / name), shared_gpu=gpu_shared())
         slot_json = os.environ.get(SLOT_ENV)
         slot = Slot(**json.loads(slot_json)) if slot_json else None
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")

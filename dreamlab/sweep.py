@@ -243,6 +243,7 @@ class MlflowSweep(Callback):
             if config.mlflow.enabled:
                 validate.store(config.mlflow)
             check_from_runs(config, list(config.hydra.overrides.task))
+            check_backends(config, list(config.hydra.overrides.task))
         except DreamlabError as exc:
             print(f"dreamlab: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
@@ -373,6 +374,27 @@ def check_from_runs(config: DictConfig, overrides: list[str]) -> None:
         if "config.yaml" not in {a.path for a in client.list_artifacts(run_id)}:
             raise DreamlabError(f"run {run_id} has no config.yaml artifact (it failed or was not made by a "
                                 f"dreamlab job): pick a FINISHED dream run for from_run")
+
+
+# Launchers whose jobs each get a process of their own (or a worker per backend).
+_OWN_PROCESS = ("parallel", "submitit_slurm", "submitit_local", "ray", "joblib")
+
+
+def check_backends(config: DictConfig, overrides: list[str]) -> None:
+    """A sweep over `backend` needs a process per backend: one line before any job when its
+    launcher would run them all in this one process."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    launcher = str(config.hydra.runtime.choices.get("hydra/launcher", "basic"))
+    if launcher.startswith(_OWN_PROCESS):
+        return
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.key_or_group == "backend" and o.is_sweep_override():
+            values = list(dict.fromkeys(o.sweep_string_iterator()))
+            if len(values) > 1:
+                raise DreamlabError(
+                    f"backend={','.join(values)} sweeps the Keras backend, which a process cannot change: "
+                    f"add hydra/launcher=parallel (a worker per backend), or run one command per backend")
 
 
 def _gallery(config: DictConfig, sweep_dir: Path, info: dict) -> Path:

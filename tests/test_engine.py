@@ -114,7 +114,9 @@ def test_model_and_step_caches_are_bounded_and_keep_the_step_in_use(monkeypatch)
     import weakref
 
     monkeypatch.setattr(backbones, "_MODELS", backbones.LRU(2))
-    monkeypatch.setattr(engine, "_STEPS", backbones.LRU(8))
+    from dreamlab.engine import steps as cache  # where the step cache lives
+
+    monkeypatch.setattr(cache, "_STEPS", backbones.LRU(8))
     photo = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
     names = ["mobilenet_v2", "mobilenet", "mobilenet_v3_small"]
     models = []
@@ -124,9 +126,9 @@ def test_model_and_step_caches_are_bounded_and_keep_the_step_in_use(monkeypatch)
     gc.collect()
     assert models[0]() is None and models[1]() is not None and models[2]() is not None
     assert [key[0] for key in backbones._MODELS] == names[1:]
-    assert {key[0] for key in engine._STEPS} == set(names[1:])
-    last = next(s for key, s in engine._STEPS.items() if key[0] == names[-1])
+    assert {key[0] for key in cache._STEPS} == set(names[1:])
+    last = next(s for key, s in cache._STEPS.items() if key[0] == names[-1])
     traces = last.traces
     dreamlab.dream(photo, backbone=names[-1], weights=None, layers="default", octaves=1, steps=1, jitter=0)
-    assert next(s for key, s in engine._STEPS.items() if key[0] == names[-1]) is last
+    assert next(s for key, s in cache._STEPS.items() if key[0] == names[-1]) is last
     assert last.traces == traces  # not compiled again

@@ -68,26 +68,32 @@ class ParallelLauncher(Launcher):
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
-        self._executors: dict = {}  # slot index -> loky executor, kept across batches
+        self._executors: dict = {}  # slot index -> (backend, loky executor), kept across batches
         self._slots: list = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
-    def _executor(self, slot):
+    def _executor(self, slot, backend: str):
+        """The slot's worker for `backend`: a process keeps one Keras backend, so a job of
+        another backend than the slot's worker replaces that worker."""
         from loky import ProcessPoolExecutor
 
         from dreamlab import slots
 
-        if slot.index not in self._executors:
-            self._executors[slot.index] = ProcessPoolExecutor(
+        current = self._executors.get(slot.index)
+        if current is not None and current[0] != backend:
+            current[1].shutdown(wait=True)
+            current = None
+        if current is None:
+            current = self._executors[slot.index] = (backend, ProcessPoolExecutor(
                 max_workers=1, initializer=slots.enter, initargs=(slot.to_json(),),
-                env=slots.worker_env(slot))
-        return self._executors[slot.index]
+                env=slots.worker_env(slot, backend)))
+        return current[1]
 
     def _shutdown(self) -> None:
-        for executor in self._executors.values():
+        for _, executor in self._executors.values():
             executor.shutdown(wait=True)
         self._executors.clear()
 
@@ -111,22 +117,39 @@ class ParallelLauncher(Launcher):
         log.info("Launching %d jobs on %d workers: %s", len(job_overrides), len(self._slots),
                  ", ".join(s.device for s in self._slots))
 
-        queue = list(enumerate(job_overrides, start=initial_job_idx))
+        from dreamlab.engine import backends
+
+        queue = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            # The job's backend from its overrides (a swept or given backend=) or the config;
+            # read here without composing the job, so that the first workers start at once.
+            given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+~").startswith("backend=")]
+            try:
+                backend = backends.requested(given[-1] if given else self.config.get("backend"))
+            except DreamlabError:  # the job itself reports it, in one line
+                backend = backends.DEFAULT
+            queue.append((idx, overrides, backend))
+        # A sweep over backend: the jobs of one backend first, then the next, so that each
+        # worker changes backend (a new process) as few times as possible.
+        order = list(dict.fromkeys(job[2] for job in queue))
+        queue.sort(key=lambda job: order.index(job[2]))
         free = list(self._slots)
         running: dict = {}  # future -> (slot, job number, job dir)
         results: dict[int, JobReturn] = {}
         singleton_state = Singleton.get_state()
         while queue or running:
             while queue and free:
-                idx, overrides = queue.pop(0)
-                slot = free.pop(0)
+                idx, overrides, backend = queue.pop(0)
+                # A worker that already runs this backend, when one is free.
+                slot = next((s for s in free if self._executors.get(s.index, (backend,))[0] == backend), free[0])
+                free.remove(slot)
                 log.info("\t#%d : %s  (%s)", idx, " ".join(filter_overrides(overrides)), slot.device)
                 sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
                 with open_dict(sweep_config):
                     sweep_config.hydra.job.id = idx
                     sweep_config.hydra.job.num = idx
                 job_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
-                future = self._executor(slot).submit(_execute, self.hydra_context, self.task_function,
+                future = self._executor(slot, backend).submit(_execute, self.hydra_context, self.task_function,
                                                      sweep_config, singleton_state)
                 running[future] = (slot, idx, job_dir, overrides)
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -139,7 +162,7 @@ class ParallelLauncher(Launcher):
                               f"({type(exc).__name__}: {first_line(exc)})")
                     log.error("job #%d: %s", idx, reason)
                     jobs.crashed(job_dir, reason)
-                    self._executors.pop(slot.index).shutdown(wait=False, kill_workers=True)
+                    self._executors.pop(slot.index)[1].shutdown(wait=False, kill_workers=True)
                     # COMPLETED for Hydra, which would abort the whole sweep on a FAILED return;
                     # the failure is in the job record and the run, and the sweep exits non-zero.
                     results[idx] = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,

@@ -36,13 +36,20 @@ def set_determinism(on: bool) -> None:
     del on
 
 
-def configure(threads: int, cores: list[int], cache_dir: Optional[str] = None) -> dict[str, str]:
-    """Threads, before JAX starts its runtime: XLA sizes its CPU thread pool by the cores the
+def configure(threads: int, cores: list[int], cache_dir: Optional[str] = None,
+              shared_gpu: bool = False) -> dict[str, str]:
+    """Before JAX starts its runtime. Threads: XLA sizes its CPU thread pool by the cores the
     process may use (its affinity; jax-ml/jax#1539 calls that the way to limit it), so
-    `threads` fewer than those cores pins the process to the first `threads` of them. The
-    persistent compilation cache goes to `cache_dir`."""
+    `threads` fewer than those cores pins the process to the first `threads` of them; the
+    count changes a picture's last bits on JAX too (measured: InceptionV3, 256 px, 1 and 2
+    cores), and JAX cannot run more threads than cores. GPU memory: JAX takes 75% of the GPU
+    when it starts, so a process that shares its GPU (`shared_gpu`) allocates on demand
+    instead, unless the user set XLA_PYTHON_CLIENT_* already. The persistent compilation
+    cache goes to `cache_dir`."""
     if threads < len(cores) and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores[:threads])
+    if shared_gpu and not any(k in os.environ for k in (PREALLOCATE_ENV, FRACTION_ENV, ALLOCATOR_ENV)):
+        os.environ[PREALLOCATE_ENV] = "false"
     import jax
 
     if cache_dir:
@@ -51,7 +58,7 @@ def configure(threads: int, cores: list[int], cache_dir: Optional[str] = None) -
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     used = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else threads
     return {"env.threads": str(used), "env.inter_op_threads": str(used),
-            "env.gpu_memory": gpu_memory() if on_gpu() else "none (cpu)"}
+            "env.gpu_memory": gpu_memory() if on_gpu() else f"{gpu_memory()} (no GPU found)"}
 
 
 def gpu_memory() -> str:

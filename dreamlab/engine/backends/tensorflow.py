@@ -40,11 +40,13 @@ def set_determinism(on: bool) -> None:
     tf_disable_op_determinism()
 
 
-def configure(threads: int, cores: list[int], cache_dir: Optional[str] = None) -> dict[str, str]:
+def configure(threads: int, cores: list[int], cache_dir: Optional[str] = None,
+              shared_gpu: bool = False) -> dict[str, str]:
     """Size TensorFlow's pools for this process: intra-op `threads` (it shapes a picture's
     last bits: oneDNN splits some gradients by thread), inter-op the cores it may use.
-    `cache_dir` is unused: a tf.function traces per process, and nothing is compiled ahead."""
-    del cache_dir
+    `cache_dir` is unused: a tf.function traces per process, and nothing is compiled ahead.
+    GPU memory grows on demand whether or not the GPU is shared."""
+    del cache_dir, shared_gpu
     tf = _tf()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

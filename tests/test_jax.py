@@ -1,0 +1,162 @@
+"""The JAX backend, for real (JAX on this CPU): a process keeps one Keras backend, so every
+JAX dream here runs in a process of its own, as a user's command would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, TRAINED_WEIGHTS, error_lines, run_cli, store_uri
+
+BUNDLED = ["backbone=mobilenet_v2", "backbone.weights=bundled"]
+JAX = {"KERAS_BACKEND": ""}  # the config key, not the environment, chooses the backend
+
+
+def runs_of(uri: str):
+    from dreamlab import tracking
+
+    client = tracking.client(uri)
+    exp = client.get_experiment_by_name("dreamlab")
+    return client, client.search_runs([exp.experiment_id])
+
+
+@pytest.fixture(scope="module")
+def jax_sweep(tmp_path_factory, square_photo):
+    """The literal 2x2 sweep (layers x octaves) on the JAX backend, in one process."""
+    cwd = tmp_path_factory.mktemp("jax_sweep")
+    uri = store_uri(cwd)
+    proc = run_cli(["-m", "backend=jax", *BUNDLED, "layers=block_9_add,block_12_add", "octaves=2,3",
+                    "steps=3", "max_size=96", f"image={square_photo}", f"mlflow.tracking_uri={uri}",
+                    "hydra.sweep.dir=sweep", "progress=false"], cwd=cwd, env_extra=JAX)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, uri, square_photo
+
+
+def test_literal_sweep_on_jax_gives_four_finished_dreams_that_rose(jax_sweep):
+    cwd, uri, photo = jax_sweep
+    client, runs = runs_of(uri)
+    children = [r for r in runs if r.data.tags.get("dreamlab.job") is not None
+                and r.data.params.get("backend") == "jax"]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    with Image.open(photo) as im:
+        original = np.asarray(im.convert("RGB").resize((96, 96)), float)
+    for r in children:
+        assert r.data.tags["env.backend"].startswith("jax ")
+        assert r.data.tags["env.device"].startswith("cpu:")
+        assert r.data.params["deterministic"] == "True"  # null: on, on a CPU
+        assert r.data.metrics["steps_per_second"] > 0 and r.data.metrics["compile_seconds"] > 0
+        losses = [m.value for m in sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)]
+        assert losses[2] > losses[0]  # the first octave's loss rose
+        path = client.download_artifacts(r.info.run_id, "dream.png", str(cwd / r.info.run_id))
+        with Image.open(path) as im:
+            assert np.abs(np.asarray(im, float) - original).mean() > 1.0
+
+
+def test_reproduce_of_a_jax_run_is_byte_identical(jax_sweep):
+    cwd, uri, _ = jax_sweep
+    _, runs = runs_of(uri)
+    run = next(r for r in runs if r.data.params.get("octaves") == "2" and r.data.params.get("backend") == "jax")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "KERAS_BACKEND")}
+    proc = subprocess.run([sys.executable, "-m", "dreamlab.reproduce", run.info.run_id, "--tracking-uri", uri],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "byte-identical" in proc.stdout + proc.stderr
+
+
+ENGINE_ON_JAX = textwrap.dedent("""
+    import json, os, sys
+    os.environ["KERAS_BACKEND"] = "jax"
+    import numpy as np
+    import dreamlab
+    from dreamlab.errors import DreamlabError
+    from PIL import Image
+    photo = np.asarray(Image.open(sys.argv[1]).convert("RGB"))
+    kw = dict(backbone="mobilenet_v2", weights=sys.argv[2], layers="block_9_add", octaves=1, steps=6)
+    out = {}
+    def change(r):
+        return float(np.abs(r.image.astype(float) - photo).mean())
+    tiled = dreamlab.dream(photo, **kw, tile_size=160)
+    whole = dreamlab.dream(photo, **kw, tile_size=0)
+    diff = np.abs(tiled.image.astype(float) - photo).mean(axis=(0, 2))
+    rows = np.abs(tiled.image.astype(float) - photo).mean(axis=(1, 2))
+    out["tiles"] = dict(change=change(tiled), whole=change(whole), cols=diff.tolist(), rows=rows.tolist(),
+                        rose=tiled.losses[-1] > tiled.losses[0])
+    guide = np.asarray(Image.open(sys.argv[1]).convert("RGB").rotate(90).resize((96, 96)))
+    g = dreamlab.dream(photo, **kw, guide=guide, tile_size=0)
+    out["guide"] = dict(change=change(g), rose=g.losses[-1] > g.losses[0], other=change(g) != change(whole))
+    c = dreamlab.dream(photo, **{**kw, "layers": {"block_9_add": {"weight": 1.0, "channels": [0, -1]}}}, tile_size=0)
+    out["channels"] = dict(change=change(c), rose=c.losses[-1] > c.losses[0])
+    try:
+        dreamlab.dream(photo, **{**kw, "layers": {"block_9_add": {"weight": 1.0, "channels": [999]}}})
+    except DreamlabError as exc:
+        out["bad_channel"] = str(exc)
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_tiles_guide_and_channels_on_jax(tmp_path, square_photo):
+    """Tiles leave no seams at the tile edges and move the picture as much as the whole pass;
+    a guide and a channel selection each dream; a channel out of range is one line."""
+    script = tmp_path / "engine_on_jax.py"
+    script.write_text(ENGINE_ON_JAX)
+    env = {**os.environ, "DREAMLAB_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(script), str(square_photo), str(TRAINED_WEIGHTS)],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    tiles = out["tiles"]
+    # 300 px in tiles of <= 160: two tiles a side, seams near 150 before the random roll.
+    assert tiles["rose"] and tiles["change"] > 2.0
+    assert 0.5 < tiles["change"] / tiles["whole"] < 2.0
+    for profile in (tiles["cols"], tiles["rows"]):
+        assert np.mean(profile[148:153]) < 1.5 * np.mean(profile)
+    assert out["guide"]["rose"] and out["guide"]["change"] > 1.0 and out["guide"]["other"]
+    assert out["channels"]["rose"] and out["channels"]["change"] > 1.0
+    assert "channels [999] out of range" in out["bad_channel"]
+
+
+def test_a_missing_backend_is_one_line_naming_the_extra(tmp_path):
+    # sys.modules[name] = None is Python's own way to make a package not importable.
+    code = ("import sys; sys.modules['jax'] = None; sys.argv = ['dreamlab', 'backend=jax', "
+            "'backbone=mobilenet_v2', 'backbone.weights=bundled', 'mlflow.enabled=false', 'steps=1']; "
+            "import runpy; runpy.run_module('dreamlab', run_name='__main__')")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode != 0
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "pip install 'dreamlab[jax]'" in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_in_process_sweep_over_backend_is_one_line(tmp_path):
+    proc = run_cli(["-m", "backend=tensorflow,jax", *BUNDLED, "steps=1", f"mlflow.tracking_uri={store_uri(tmp_path)}"],
+                   cwd=tmp_path)
+    assert proc.returncode != 0
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "hydra/launcher=parallel" in lines[0]
+
+
+def test_parallel_jax_workers_get_their_own_pretend_gpu_and_memory_setting(tmp_path):
+    uri = store_uri(tmp_path)
+    proc = run_cli(["-m", "hydra/launcher=parallel", "hydra.launcher.workers_per_gpu=2", "backend=jax", *BUNDLED,
+                    "seed=0,1", "steps=1", "octaves=1", "max_size=64", f"mlflow.tracking_uri={uri}",
+                    "hydra.sweep.dir=sweep", "progress=false"],
+                   cwd=tmp_path, env_extra={"DREAMLAB_PRETEND_GPUS": "5", **JAX})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, runs = runs_of(uri)
+    children = [r for r in runs if r.data.params.get("backend") == "jax"]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    for r in children:
+        assert r.data.tags["env.cuda_visible_devices"] == "5"
+        assert r.data.tags["env.device"].startswith("gpu:5")
+        # Two workers share GPU 5: JAX must not take 75% of it in each.
+        assert r.data.tags["env.gpu_memory"].startswith("on demand")

@@ -10,7 +10,7 @@ PORT ?= 5000
 # Debian packages the tests start for real: chromium (MLflow UI), SLURM + munge, PostgreSQL.
 APT_TEST := chromium slurm-wlm munge postgresql
 
-.PHONY: dream sweep test bench ui server docs clean
+.PHONY: dream sweep test bench ui server docs wheelhouse gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,24 @@ $(VENV)/.installed-docs: pyproject.toml | $(PY)
 docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d outputs/site
 	@echo "site: outputs/site/index.html"
+
+# The GPU box (docs/backends.md#the-gpu-box). On a machine with internet: the wheels that a
+# target without internet lacks for dreamlab[jax], minus what its package list HAVE names;
+# imports only the standard library (and numpy), so any python3 with pip runs it.
+PYTHON_VERSION ?= 3.12
+PLATFORM ?= manylinux_2_28_x86_64
+HAVE ?=
+WHEELHOUSE ?= wheelhouse
+wheelhouse:
+	$(PYTHON) -m dreamlab.wheelhouse --python-version $(PYTHON_VERSION) --platform $(PLATFORM) \
+		$(if $(HAVE),--have $(HAVE)) --out $(WHEELHOUSE) $(ARGS)
+
+# On the target: install $(WHEELHOUSE)/ into $(PYTHON)'s own environment (no index; its JAX
+# and numpy kept), then a real sweep on every GPU; CPU=1 runs the same check on the CPU.
+OUT ?= outputs/gpu-check
+CPU ?=
+gpu-check:
+	$(PYTHON) -m dreamlab.gpucheck --wheelhouse $(WHEELHOUSE) --out $(OUT) $(if $(CPU),--cpu) $(ARGS)
 
 clean:
 	rm -rf outputs

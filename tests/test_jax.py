@@ -160,3 +160,80 @@ def test_parallel_jax_workers_get_their_own_pretend_gpu_and_memory_setting(tmp_p
         assert r.data.tags["env.device"].startswith("gpu:5")
         # Two workers share GPU 5: JAX must not take 75% of it in each.
         assert r.data.tags["env.gpu_memory"].startswith("on demand")
+
+
+BACKBONES_ON_JAX = textwrap.dedent("""
+    import json, os, sys, time
+    os.environ["KERAS_BACKEND"] = "jax"
+    import numpy as np
+    import dreamlab
+    from dreamlab import backbones, engine
+    from dreamlab.engine import steps
+
+    names, files = sys.argv[1].split(","), json.loads(sys.argv[2])
+    rng = np.random.default_rng(0)
+    out = {"backend": __import__("keras").backend.backend(), "backbones": {}, "weights": {}}
+    for name in names:
+        began = time.perf_counter()
+        objective = engine.Objective(engine.parse_layers("default", backbones.presets(name)))
+        side = engine.compiled_step(name, None, objective, "mean_abs", True).min_size
+        # Two octaves 1.4 apart, the smaller one at the backbone's smallest size.
+        photo = rng.integers(0, 256, (round(side * 1.4), round(side * 1.4) + 3, 3), dtype=np.uint8)
+        sizes = []
+        result = dreamlab.dream(photo, backbone=name, weights=None, layers="default", octaves=2, steps=1,
+                                jitter=0, on_octave=lambda k, picture, losses: sizes.append(picture.shape[:2]))
+        out["backbones"][name] = {"min": side, "sizes": [list(s) for s in sizes], "shape": list(result.image.shape),
+                                  "finite": bool(np.isfinite(result.losses).all()),
+                                  "seconds": round(time.perf_counter() - began, 1)}
+        # A fresh cache per backbone: never more than one model at once.
+        backbones._MODELS = backbones.LRU(backbones.MODEL_CACHE)
+        steps._STEPS = backbones.LRU(4 * backbones.MODEL_CACHE)
+    for key, path in files.items():
+        if key == "custom":
+            name = backbones.custom(path, "unit")
+            result = dreamlab.dream(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8), backbone=name, weights=None,
+                                    layers="conv2", octaves=2, steps=2)
+            out["weights"][key] = {"rose": result.losses[1] > result.losses[0], "shape": list(result.image.shape)}
+        else:
+            model = backbones.load("mobilenet_v2", path)
+            out["weights"][key] = np.asarray(model.get_layer("Conv1").kernel).ravel()[:4].tolist()
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_every_backbone_family_and_weights_format_on_jax(tmp_path):
+    """One backbone of each family builds on JAX, takes two octave sizes (its smallest and
+    1.4x) and dreams a finite step; weights files that TensorFlow saved (.weights.h5, the
+    legacy .h5, a custom .keras) load on JAX with the same values. The whole table's shapes
+    are backend-free (Keras' shape inference), so test_backbones covers the other rows."""
+    import keras
+
+    from test_backbones import DREAMED
+
+    donor = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(None, None, 3))
+    kernel = donor.get_layer("Conv1").kernel
+    kernel.assign(np.arange(np.prod(kernel.shape), dtype=np.float32).reshape(kernel.shape) / 1000)
+    files = {"weights.h5": str(tmp_path / "m.weights.h5"), "h5": str(tmp_path / "m.h5"),
+             "custom": str(tmp_path / "mine.keras")}
+    donor.save_weights(files["weights.h5"])
+    donor.save(files["h5"])
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv1")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="conv2")(x)
+    keras.Model(inputs, x).save(files["custom"])
+    script = tmp_path / "backbones_on_jax.py"
+    script.write_text(BACKBONES_ON_JAX)
+    env = {**os.environ, "DREAMLAB_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(script), ",".join(DREAMED), json.dumps(files)],
+                          capture_output=True, text=True, timeout=1200, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    assert out["backend"] == "jax" and sorted(out["backbones"]) == sorted(DREAMED)
+    for name, row in out["backbones"].items():
+        side = row["min"]
+        assert row["finite"] and row["shape"] == [round(side * 1.4), round(side * 1.4) + 3, 3], (name, row)
+        assert len(row["sizes"]) == 2 and row["sizes"][0] != row["sizes"][1], (name, row)
+        assert min(row["sizes"][0]) >= side, (name, row)
+    expected = np.arange(4, dtype=np.float32) / 1000
+    assert np.array_equal(out["weights"]["weights.h5"], expected) and np.array_equal(out["weights"]["h5"], expected)
+    assert out["weights"]["custom"]["rose"] and out["weights"]["custom"]["shape"] == [48, 48, 3]

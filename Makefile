@@ -16,7 +16,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
 
-# .installed: dreamlab with the TensorFlow backend (make dream, sweep, bench). The stamps of
+# .installed: dreamlab with the TensorFlow backend (make dream, sweep). The stamps of
 # installs without TensorFlow (ui, server, docs) do not touch it.
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -qq -e '.[tensorflow]'
@@ -46,8 +46,9 @@ test: $(VENV)/.installed-test
 		|| echo "note: could not apt-get install $(APT_TEST); the tests that need them say why they fail or skip"
 	$(PY) -m pytest $(ARGS)
 
-# Timings of this machine: a table on the console and outputs/bench/bench.{csv,json}.
-bench: $(VENV)/.installed
+# Timings of this machine: a table on the console and outputs/bench/bench.{csv,json}. It times
+# both backends and every launcher (Ray, SLURM), so it installs what make test does.
+bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench.py $(ARGS)
 
 $(VENV)/.installed-ui: pyproject.toml | $(PY)

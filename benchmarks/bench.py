@@ -9,6 +9,13 @@ Sections (all by default, about 6 minutes on a 2-core CPU):
   step       one dream step (InceptionV3 mixed3+mixed5, random weights, one octave, no
              tiles) at 256/512/1024 px, float32 and mixed_bfloat16: ms/step, GFLOP/s from
              the layers' FLOPs (forward + input-gradient backward), ratio to matmul
+  backends   the step on TensorFlow and on JAX (benchmarks/backends.py, a fresh process
+             each, every core) at 256/512/1024 px: ms/step, GFLOP/s, % of float32 matmul, and
+             JAX's compile seconds per shape; the 2x2 sweep in process on each backend; the
+             PSNR between the TensorFlow and the JAX picture of each recipe on the bundled
+             MobileNetV2
+  gpu        what `make gpu-check` measured on a GPU (outputs/gpu-check/gpucheck.json), or
+             one row saying it has not run on one
   defaults   per step of `python -m dreamlab` at its defaults against the plain one-script
              peer (benchmarks/baseline.py --structure tutorial, TensorFlow's own threads),
              256/512/1024 px: the difference of a 25- and a 5-step run, best of two
@@ -52,8 +59,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "bench"
 LAYERS = ("mixed3", "mixed5")
-SECTIONS = ("machine", "matmul", "step", "defaults", "precision", "overhead", "sweep", "scaling", "threads",
-            "launchers", "mistakes", "goals")
+SECTIONS = ("machine", "matmul", "step", "backends", "gpu", "defaults", "precision", "overhead", "sweep", "scaling",
+            "threads", "launchers", "mistakes", "goals")
+RECIPES = ("google", "tutorial", "keras")
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -192,6 +200,82 @@ def steps(peaks: dict) -> list[dict]:
             if precision != "float32":
                 rows.append(row("step", f"{size} px {precision} vs {peak_key} matmul",
                                 round(100 * ratio.get(peak_key, 0), 1), "%"))
+    return rows
+
+
+# --- backends --------------------------------------------------------------------------------
+
+def backends_rows(peaks: dict) -> list[dict]:
+    import backends as backends_script
+
+    from dreamlab import images
+    from dreamlab.images import psnr
+
+    rows = []
+    flops = {size: step_flops(compiled("float32"), size) for size in backends_script.SIZES}
+    measured = {name: backends_script.measure(name) for name in ("tensorflow", "jax")}
+    for name, result in measured.items():
+        for size, m in result["sizes"].items():
+            rate = flops[size] / 1e9 / (m["ms_per_step"] / 1000)
+            share = 100 * rate / peaks["float32"] if peaks.get("float32") else 0.0
+            rows.append(row("backends", f"{size} px step on {name}", round(m["ms_per_step"], 1), "ms/step",
+                            f"{rate:.0f} GFLOP/s, {share:.1f}% of float32 matmul; {result['backend']}"))
+            rows.append(row("backends", f"{size} px first step on {name} (trace/compile)",
+                            round(m["compile_s"], 2), "s", "first call less one step"))
+    for size in backends_script.SIZES:
+        tf_ms, jax_ms = (measured[n]["sizes"][size]["ms_per_step"] for n in ("tensorflow", "jax"))
+        rows.append(row("backends", f"{size} px step: JAX vs TensorFlow", round(tf_ms / jax_ms, 2), "x",
+                        "> 1: JAX faster"))
+    # The literal 2x2 sweep in one process on each backend (a store that already exists).
+    work = OUT / "backends"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    uri = f"sqlite:///{work}/mlflow.db"
+    run_quiet([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient('{uri}').search_experiments()"])
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env.update(MLFLOW_TRACKING_URI=uri, DREAMLAB_CACHE=str(work / "cache"))  # JAX compiles for real
+    for name in ("tensorflow", "jax"):
+        wall = _multirun(work, f"sweep_{name}", [f"layers={','.join(LAYERS)}", "octaves=3,5", "max_size=256",
+                                                 "steps=10", f"backend={name}"], env)
+        rows.append(row("backends", f"2x2 sweep in process on {name}", round(wall, 1), "s",
+                        "layers=mixed3,mixed5 octaves=3,5 max_size=256 steps=10, 4 MLflow runs"))
+    # Each recipe on the bundled (trained) network, on both backends: other kernels, so not the
+    # same bytes; the PSNR says how near.
+    for recipe in RECIPES:
+        pictures = {}
+        for name in ("tensorflow", "jax"):
+            folder = work / f"{recipe}_{name}"
+            run_quiet([sys.executable, "-m", "dreamlab", f"recipe={recipe}", "backbone=mobilenet_v2",
+                       "backbone.weights=bundled", "layers=[block_9_add,block_12_add]", "max_size=256",
+                       f"backend={name}", "progress=false", "mlflow.enabled=false",
+                       f"hydra.run.dir={folder}"], env=env)
+            pictures[name] = images.load(str(folder / "dream.png"))
+        db = psnr(pictures["tensorflow"], pictures["jax"])
+        rows.append(row("backends", f"recipe {recipe}: TensorFlow vs JAX picture",
+                        "identical" if db == float("inf") else round(db, 1), "" if db == float("inf") else "dB PSNR",
+                        "bundled MobileNetV2, layers block_9_add+block_12_add, 256 px, the recipe's steps"))
+    return rows
+
+
+def gpu() -> list[dict]:
+    """The GPU section: what `make gpu-check` wrote on a GPU machine (its OUT, default
+    outputs/gpu-check), one row per device and network; copy that folder here to show it."""
+    path = ROOT / "outputs" / "gpu-check" / "gpucheck.json"
+    result = json.loads(path.read_text()) if path.is_file() else None
+    if not result or result.get("mode") != "gpu" or not result.get("per_device"):
+        return [row("gpu", "make gpu-check on a GPU", "not run", "",
+                    f"run make gpu-check on a GPU machine and copy its {path.relative_to(ROOT).parent}/ here")]
+    rows = []
+    for device in result["per_device"]:
+        for net, n in device["networks"].items():
+            rows.append(row("gpu", f"{device['device']} {device['name']}: {net} {n['max_size']} px",
+                            round(n["steps_per_second"], 1), "steps/s",
+                            f"compile {n['compile_seconds']:.1f} s ({n['compile_seconds_cached']:.1f} s cached); "
+                            f"{device['backend']}"))
+        same = {True: "yes", False: "no", None: "not checked"}[device.get("identical")]
+        rows.append(row("gpu", f"{device['device']}: repeated job byte-identical", same, ""))
+        if device.get("peak_memory_mb") is not None:
+            rows.append(row("gpu", f"{device['device']}: peak GPU memory", round(device["peak_memory_mb"]), "MB"))
     return rows
 
 
@@ -545,6 +629,8 @@ def main() -> None:
     section("matmul", matmul)
     peaks = {"float32": value("float32 matmul"), "bfloat16": value("bfloat16 matmul")}
     section("step", steps, peaks)
+    section("backends", backends_rows, peaks)
+    section("gpu", gpu)
     section("defaults", defaults)
     section("precision", precision)
     section("overhead", overhead, value("512 px float32", 500.0))

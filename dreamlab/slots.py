@@ -181,6 +181,31 @@ def _cores_of(i: int, per: int, cores: list[int]) -> list[int]:
     return [cores[(i * per + k) % len(cores)] for k in range(per)]
 
 
+# The config keys that make a job's compiled step (engine.steps.compiled_step's cache key:
+# backbone and weights, layers and objective, normalisation, clipping, guide, precision,
+# determinism, backend) and the recipe, which sets several of them. Jobs that differ only
+# elsewhere (octaves, steps, seed, step size, the photo) reuse a worker's compiled step.
+STEP_KEYS = ("backend", "backbone", "layers", "objective", "grad_norm", "clip", "guide", "precision",
+             "deterministic", "recipe")
+
+
+def step_key(overrides: Sequence[str]) -> tuple[str, ...]:
+    """What of a job's overrides decides its compiled step: the launcher gives a job to the
+    worker that already compiled its step when it can (a 2x2 sweep over layers x octaves on
+    two workers traces each layer's step once, not twice)."""
+    return tuple(sorted(o for o in overrides if o.lstrip("+~").split("=", 1)[0].split(".")[0] in STEP_KEYS))
+
+
+def pick(queue: Sequence[tuple], last: Optional[tuple], held: set) -> int:
+    """The index in `queue` (entries whose [-1] is a step_key) of the job a free worker takes:
+    the first of its own last step, else the first of a step no busy worker holds, else the
+    first. Jobs keep their order within each step."""
+    keys = [job[-1] for job in queue]
+    if last is not None and last in keys:
+        return keys.index(last)
+    return next((i for i, k in enumerate(keys) if k not in held), 0)
+
+
 def worker_env(slot: Slot, backend: Optional[str] = None) -> dict[str, str]:
     """The environment a worker must start with: its GPU, or no GPU at all for a CPU slot
     (so a CPU worker on a GPU machine does not grab every GPU's memory), and its Keras

@@ -349,3 +349,46 @@ def test_a_sweep_started_without_python_m_dreamlab_still_ends_its_parent(tmp_pat
     [parent] = sweep_parents(uri)
     assert parent.info.status == "FAILED"
     assert parent.data.tags["dreamlab.error"] == "the sweep's process exited before the sweep's summary"
+
+
+def test_kill_9_while_the_writer_holds_unwritten_pictures_leaves_the_run_unfinished(tmp_path):
+    """The octave pictures and metrics go to MLflow on the run's background writer. With the
+    store locked by another process, octave 1's picture waits on that writer when the job is
+    killed: the run is not FINISHED (nothing of it claims to be complete), and the next
+    sweep redoes the job instead of resuming past it."""
+    uri = store_uri(tmp_path)
+    args = ["-m", "backbone=mobilenet_v2", "backbone.weights=bundled", "max_size=96", "octaves=3",
+            "octave_scale=1.2", "steps=400", "progress=false", f"mlflow.tracking_uri={uri}"]
+    proc = _start(args + ["hydra.sweep.dir=killed"], tmp_path)
+    job = tmp_path / "killed" / "0"
+    _wait_running(job / "job.json", proc)
+    lock = sqlite3.connect(tmp_path / "mlflow.db", timeout=30)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")  # every write of the job now waits (busy timeout, retries)
+        deadline = time.monotonic() + 120
+        while not (job / "octaves" / "octave_1.jpg").is_file():  # octave 1 done: its writes queued
+            assert time.monotonic() < deadline and proc.poll() is None, "octave 1 never finished"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.kill()  # kill -9 while octave 1's picture and losses are still in the writer
+        proc.communicate(timeout=60)
+    finally:
+        lock.rollback()
+        lock.close()
+    client, runs = all_runs(uri)
+    killed = [r for r in runs if r.data.tags.get("dreamlab.role") != "sweep"]
+    assert [r.info.status for r in killed] == ["RUNNING"]
+    run_id = killed[0].info.run_id
+    assert client.get_metric_history(run_id, "loss") == []  # octave 1's losses never landed
+    assert not [a.path for a in client.list_artifacts(run_id) if a.path in ("dream.png", "loss.png")]
+    assert json.loads((job / "job.json").read_text())["status"] == "RUNNING"
+    again = run_cli(args + ["hydra.sweep.dir=again"], cwd=tmp_path)  # the same job, resume on
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "skipped" not in again.stdout and "marked KILLED" in again.stdout
+    client, runs = all_runs(uri)
+    assert client.get_run(run_id).info.status == "KILLED"  # the orphan, cleaned up by the sweep
+    redone = [r for r in runs if r.data.tags.get("dreamlab.sweep", "").endswith("again")
+              and r.data.tags.get("dreamlab.role") != "sweep"]
+    assert [r.info.status for r in redone] == ["FINISHED"]
+    assert {"dream.png", "loss.png"} <= {a.path for a in client.list_artifacts(redone[0].info.run_id)}
+    assert integrity(tmp_path) == "ok"

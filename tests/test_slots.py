@@ -52,3 +52,18 @@ def test_fewer_jobs_than_cores_share_the_cores_out(monkeypatch):
     assert len(slots.plan(jobs=20)) == 8 and all(len(s.cores) == 1 for s in slots.plan(jobs=20))
     monkeypatch.setattr(slots, "available_memory", lambda: 4 << 30)  # room for 2 workers
     assert [len(s.cores) for s in slots.plan(jobs=20)] == [4, 4]
+
+
+def test_a_free_worker_takes_the_job_of_the_step_it_compiled():
+    a = slots.step_key(["layers=mixed3", "octaves=3"])
+    b = slots.step_key(["layers=mixed5", "octaves=3"])
+    assert a == slots.step_key(["octaves=5", "layers=mixed3", "seed=2"])  # octaves, seed: same step
+    assert a != b and slots.step_key(["+recipe=google"]) != slots.step_key([])
+    # The 2x2 grid in Hydra's order (layers outer): a3, a5, b3, b5; two workers.
+    queue = [(0, a), (1, a), (2, b), (3, b)]
+    first = queue.pop(slots.pick(queue, None, set()))
+    second = queue.pop(slots.pick(queue, None, {first[-1]}))
+    assert (first[-1], second[-1]) == (a, b)  # the second worker starts the other step
+    assert queue[slots.pick(queue, a, {b})][-1] == a  # each worker keeps its own step
+    assert queue[slots.pick(queue, b, {a})][-1] == b
+    assert slots.pick([(0, a)], b, {a}) == 0  # nothing else to do: any job beats idling

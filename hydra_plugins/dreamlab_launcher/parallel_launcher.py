@@ -70,6 +70,7 @@ class ParallelLauncher(Launcher):
         self.task_function: Optional[TaskFunction] = None
         self._executors: dict = {}  # slot index -> (backend, loky executor), kept across batches
         self._slots: list = []
+        self._last: dict = {}  # slot index -> step_key of its last job
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -128,7 +129,7 @@ class ParallelLauncher(Launcher):
                 backend = backends.requested(given[-1] if given else self.config.get("backend"))
             except DreamlabError:  # the job itself reports it, in one line
                 backend = backends.DEFAULT
-            queue.append((idx, overrides, backend))
+            queue.append((idx, overrides, backend, slots.step_key(overrides)))
         # A sweep over backend: the jobs of one backend first, then the next, so that each
         # worker changes backend (a new process) as few times as possible.
         order = list(dict.fromkeys(job[2] for job in queue))
@@ -139,10 +140,15 @@ class ParallelLauncher(Launcher):
         singleton_state = Singleton.get_state()
         while queue or running:
             while queue and free:
-                idx, overrides, backend = queue.pop(0)
+                # The first free worker takes a job of the step it compiled last, else one of a
+                # step no busy worker holds (so that each step is compiled by one worker).
+                slot = free[0]
+                held = {self._last.get(s.index) for s, *_ in running.values()}
+                idx, overrides, backend, key = queue.pop(slots.pick(queue, self._last.get(slot.index), held))
                 # A worker that already runs this backend, when one is free.
-                slot = next((s for s in free if self._executors.get(s.index, (backend,))[0] == backend), free[0])
+                slot = next((s for s in free if self._executors.get(s.index, (backend,))[0] == backend), slot)
                 free.remove(slot)
+                self._last[slot.index] = key
                 log.info("\t#%d : %s  (%s)", idx, " ".join(filter_overrides(overrides)), slot.device)
                 sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
                 with open_dict(sweep_config):

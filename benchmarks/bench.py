@@ -18,7 +18,8 @@ Sections (all by default, about 6 minutes on a 2-core CPU):
              one row saying it has not run on one
   defaults   per step of `python -m dreamlab` at its defaults against the plain one-script
              peer (benchmarks/baseline.py --structure tutorial, TensorFlow's own threads),
-             256/512/1024 px: the difference of a 25- and a 5-step run, best of two
+             256/512/1024 px: the difference of a 25- and a 5-step run, best of two; and
+             the same two steps alternated in one process (benchmarks/step_ab.py)
   precision  the default dream of the sample photo at 512 px, float32 vs mixed_bfloat16:
              speed ratio and PSNR between the two pictures
   overhead   main-thread cost of the progress bar and of MLflow logging per step
@@ -29,11 +30,14 @@ Sections (all by default, about 6 minutes on a 2-core CPU):
              size in a fresh process (benchmarks/scaling.py)
   threads    the thread rule of hydra/launcher=parallel: one process with every core against
              one 1-thread process per core, InceptionV3 at 256/512/1024 px (benchmarks/threads.py)
-  launchers  the 2x2 sweep (256 px, 10 steps) and an 8-job grid (512 px) in process against
+  launchers  the 2x2 sweep (256 px, 10 steps) and an 8-job grid (384 px) in process against
              hydra/launcher=parallel, pictures checked identical; the strongest one-script
              peer (the tutorial's structure, one process per picture) on the 2x2 grid; the
              per-job overhead of each launcher (in process, parallel, Ray, SLURM) on an
              8-job grid of tiny dreams
+  profile    where the literal 2x2 sweep's seconds go (imports, build, traces, first step
+             per size, steps, MLflow, plots, sweep end), in process and with
+             hydra/launcher=parallel, per process and writer thread (benchmarks/profile_sweep.py)
   goals      each goal of the performance issue, met or missed, from the rows above
 
 Prints one table and writes it to outputs/bench/bench.{csv,json}; a section's rows replace
@@ -60,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "bench"
 LAYERS = ("mixed3", "mixed5")
 SECTIONS = ("machine", "matmul", "step", "backends", "gpu", "defaults", "precision", "overhead", "sweep", "scaling",
-            "threads", "launchers", "mistakes", "goals")
+            "threads", "launchers", "profile", "mistakes", "goals")
 RECIPES = ("google", "tutorial", "keras")
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -310,6 +314,15 @@ def defaults() -> list[dict]:
                  row("defaults", f"{size} px: plain one-script peer", round(peer, 1), "ms/step"),
                  row("defaults", f"{size} px: dreamlab vs plain script", round(peer / ours, 2), "x",
                      ">= 1.0 is the goal")]
+    # The same two steps in one process, alternated: the start-up and the minute's load out.
+    import step_ab
+
+    for size in (256, 512, 1024):
+        r = step_ab.measure(size, steps=10 if size < 1024 else 6)
+        rows.append(row("defaults", f"{size} px in one process: dreamlab vs plain script step",
+                        round(r["peer"]["median"] / r["ours"]["median"], 2), "x",
+                        f"median {r['ours']['median']:.0f} vs {r['peer']['median']:.0f} ms, "
+                        f"best {r['ours']['best']:.0f} vs {r['peer']['best']:.0f} ms, alternated"))
     return rows
 
 
@@ -500,8 +513,8 @@ def launchers() -> list[dict]:
     rows = []
     grids = {"2x2 sweep, 256 px, 10 steps": ([f"layers={','.join(LAYERS)}", "octaves=3,5", "max_size=256",
                                                "steps=10"], 4),
-             "8-job grid, 512 px, 10 steps": ([f"layers={','.join(LAYERS)}", "octaves=3,4", "seed=0,1",
-                                                "max_size=512", "steps=10"], 8)}
+             "8-job grid, 384 px, 10 steps": ([f"layers={','.join(LAYERS)}", "octaves=3,4", "seed=0,1",
+                                                "max_size=384", "steps=10"], 8)}
     for i, (what, (args, jobs)) in enumerate(grids.items()):
         basic = _multirun(work, f"basic{i}", args, env)
         parallel = _multirun(work, f"parallel{i}", args + ["hydra/launcher=parallel"], env)
@@ -544,6 +557,26 @@ def launchers() -> list[dict]:
     return rows
 
 
+# --- profile ---------------------------------------------------------------------------------
+
+def profile() -> list[dict]:
+    """Where the literal 2x2 sweep's time goes, in process and with the parallel launcher
+    (benchmarks/profile_sweep.py): one row per phase and column, in seconds."""
+    import profile_sweep
+
+    results = profile_sweep.measure()
+    headers, *table = profile_sweep.tabulate_profile(results)
+    rows = []
+    for label, *values in table:
+        for column, value in zip(headers[1:], values):
+            if value != "":
+                rows.append(row("profile", f"{column}: {label}", value, "s"))
+    same = next(iter(results.values())).get("identical")
+    rows.append(row("profile", "pictures identical across launchers", same, "",
+                    "each job uses the cores it was given; the count changes oneDNN's last bits"))
+    return rows
+
+
 # --- goals ---------------------------------------------------------------------------------
 
 def mistakes() -> list[dict]:
@@ -576,6 +609,8 @@ def goals(value) -> list[dict]:
     rss = value("4096 px peak RSS", float("inf"))
     bf16, db = value("speed-up mixed_bfloat16"), value("PSNR float32 vs mixed_bfloat16")
     share = value("share of a 512 px step", float("inf"))
+    peer = value("2x2 sweep: in process vs tutorial-structure script")
+    grid = value("8-job grid, 384 px, 10 steps: parallel speed-up")
 
     def goal(what, ok, measured):
         return row("goals", what, "met" if ok else "missed", "", measured)
@@ -586,6 +621,10 @@ def goals(value) -> list[dict]:
         goal("peak RSS at 4096 px < 3 GB", rss < 3000, f"{rss} MB"),
         goal("mixed_bfloat16 >= 1.5x and >= 30 dB", bf16 >= 1.5 and db >= 30, f"{bf16}x, {db} dB"),
         goal("logging + progress < 2% of a step", share < 2, f"{share}%"),
+        goal("2x2 sweep at defaults >= 2.5x four runs of the one-script peer", peer >= 2.5, f"{peer}x"),
+        *[goal(f"{size} px step at defaults >= 1.0x the plain script", value(f"{size} px: dreamlab vs plain script") >= 1.0,
+               f"{value(f'{size} px: dreamlab vs plain script')}x") for size in (256, 512, 1024)],
+        goal("8-job grid at 384 px: parallel >= 1.3x in process", grid >= 1.3, f"{grid}x"),
     ]
 
 
@@ -638,6 +677,7 @@ def main() -> None:
     section("scaling", scaling)
     section("threads", threads)
     section("launchers", launchers)
+    section("profile", profile)
     section("mistakes", mistakes)
     if "goals" in wanted:
         rows[:] = [r for r in rows if r["section"] != "goals"] + goals(value)

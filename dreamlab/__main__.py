@@ -16,14 +16,10 @@ import signal
 import sys
 import warnings
 
-from . import console
+from . import console, errors
 from .errors import Interrupted, interruption, unwritable
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
-
-
-def _terminate(signum, frame):
-    raise Interrupted()
 
 
 def one_line(exc: BaseException) -> str:
@@ -93,8 +89,10 @@ def run() -> None:
     # name on purpose, and Hydra 1.3 still types them with the plugins' schemas; its
     # deprecation note about that would be printed on every command that picks them.
     warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
-    # SIGTERM (kill, a scheduler's cancel) ends the run in progress KILLED, like Ctrl-C does.
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM (kill, a scheduler's cancel) ends the run in progress KILLED, like Ctrl-C does;
+    # both are remembered, so that one swallowed on the way still stops the dream.
+    signal.signal(signal.SIGTERM, errors.stop)
+    signal.signal(signal.SIGINT, errors.stop)
     from . import sweep
     from .app import main
 

@@ -4,6 +4,8 @@ The app prints its message as one line and exits non-zero, with no traceback; an
 is a bug and keeps its traceback.
 """
 
+import signal
+
 
 class DreamlabError(Exception):
     """A user error: the message names the problem and the fix, on one line."""
@@ -28,6 +30,26 @@ class Interrupted(BaseException):
 
     signal_name = "SIGTERM"
     exit_code = 143
+
+
+_stopping: list = []  # the signal number the command was asked to stop by
+
+
+def stop(signum, frame) -> None:
+    """The command's SIGINT and SIGTERM handler (dreamlab.__main__): remembers the signal and
+    raises it in the main thread, KeyboardInterrupt for SIGINT, Interrupted for SIGTERM."""
+    _stopping.append(signum)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted()
+
+
+def check_stop() -> None:
+    """Raise again a stop that arrived and was lost on the way: a signal that lands inside a
+    library's Python callback (a trace, a logging handler) can be swallowed there, and the
+    dream would then run all its steps. The dream loop calls this after every step, so a
+    command asked to stop stops within one step. Does nothing without dreamlab's handler
+    (dreamlab.dream in a notebook keeps Python's own Ctrl-C)."""
+    if _stopping:
+        raise KeyboardInterrupt() if _stopping[0] == signal.SIGINT else Interrupted()
 
 
 def interruption(exc: BaseException):

@@ -169,7 +169,8 @@ def test_negative_channels_count_from_the_end(small_array):
 # Signals, crashes, resume ---------------------------------------------------------------
 
 def _start(args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # PYTHONFAULTHANDLER: a command that hangs prints every thread's stack on SIGABRT (_ended).
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen([sys.executable, "-m", "dreamlab", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -186,6 +187,17 @@ def _wait_running(record: Path, proc, limit: float = 120) -> None:
     raise AssertionError("the job never started")
 
 
+def _ended(proc, limit: float = 60) -> tuple[str, str]:
+    """The command's output once it exits; if it does not within `limit`, the stacks of its
+    threads (SIGABRT, with PYTHONFAULTHANDLER) in the failure."""
+    try:
+        return proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(f"the command did not end within {limit} s; its threads:\n{err[-6000:]}") from None
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_ends_the_run_and_the_sweep_killed(tmp_path, sig, code):
     uri = store_uri(tmp_path)
@@ -193,7 +205,7 @@ def test_a_signal_ends_the_run_and_the_sweep_killed(tmp_path, sig, code):
                                         f"mlflow.tracking_uri={uri}"], tmp_path)
     _wait_running(tmp_path / "sweep" / "1" / "job.json", proc)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    out, err = _ended(proc)
     assert proc.returncode == code, err[-2000:]
     assert "Traceback" not in err
     assert f"dreamlab: interrupted by {sig.name}" in err
@@ -392,3 +404,21 @@ def test_kill_9_while_the_writer_holds_unwritten_pictures_leaves_the_run_unfinis
     assert [r.info.status for r in redone] == ["FINISHED"]
     assert {"dream.png", "loss.png"} <= {a.path for a in client.list_artifacts(redone[0].info.run_id)}
     assert integrity(tmp_path) == "ok"
+
+
+def test_a_stop_swallowed_on_the_way_still_stops_the_dream_after_one_step(small_array, monkeypatch):
+    """errors.check_stop: once the command's handler has seen SIGINT or SIGTERM, the dream
+    loop raises it again after the step, even if a library swallowed the first raise."""
+    import dreamlab
+    from dreamlab import errors
+
+    steps = []
+    monkeypatch.setattr(errors, "_stopping", [signal.SIGTERM])
+    with pytest.raises(errors.Interrupted):
+        dreamlab.dream(small_array, backbone="mobilenet_v2", weights="bundled", layers=["block_9_add"],
+                       octaves=1, steps=50, on_octave=lambda *a: steps.append(a))
+    assert steps == []  # stopped inside the first octave
+    monkeypatch.setattr(errors, "_stopping", [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        dreamlab.dream(small_array, backbone="mobilenet_v2", weights="bundled", layers=["block_9_add"],
+                       octaves=1, steps=50)

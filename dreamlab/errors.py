@@ -35,11 +35,15 @@ class Interrupted(BaseException):
 _stopping: list = []  # the signal number the command was asked to stop by
 
 
+def _raised(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted()
+
+
 def stop(signum, frame) -> None:
     """The command's SIGINT and SIGTERM handler (dreamlab.__main__): remembers the signal and
     raises it in the main thread, KeyboardInterrupt for SIGINT, Interrupted for SIGTERM."""
     _stopping.append(signum)
-    raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted()
+    raise _raised(signum)
 
 
 def check_stop() -> None:
@@ -49,7 +53,7 @@ def check_stop() -> None:
     command asked to stop stops within one step. Does nothing without dreamlab's handler
     (dreamlab.dream in a notebook keeps Python's own Ctrl-C)."""
     if _stopping:
-        raise KeyboardInterrupt() if _stopping[0] == signal.SIGINT else Interrupted()
+        raise _raised(_stopping[0])
 
 
 def interruption(exc: BaseException):

@@ -14,8 +14,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import backbones
-from .. import errors
-from ..errors import DreamlabError
+from ..errors import DreamlabError, check_stop
 from ..objective import Objective
 from ..settings import DreamSettings
 from . import backends
@@ -211,7 +210,7 @@ def dream(image: Any, *, backbone: str = "inception_v3", weights: Optional[str] 
                     raise refused from None
                 raise
             times.append(time.perf_counter() - began)
-            errors.check_stop()
+            check_stop()
             octave_losses.append(loss)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4g}", refresh=False)

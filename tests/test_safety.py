@@ -290,7 +290,7 @@ def test_sigterm_ends_a_single_run_killed_with_143(tmp_path):
                               f"mlflow.tracking_uri={uri}"], tmp_path)
     _wait_running(tmp_path / "single" / "job.json", proc)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = _ended(proc)
     assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == ("dreamlab: interrupted by SIGTERM: the run in progress ended KILLED, "
                                             "finished runs are kept")

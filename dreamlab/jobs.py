@@ -80,7 +80,10 @@ def run(cfg: DictConfig) -> float:
             sweep.write_job_record(job_dir, {**record, "status": "RUNNING", "run_id": tracker.run_id,
                                              "tracking_uri": cfg.mlflow.tracking_uri})
         result = dream_job(checked, resolved, job_dir, tracker)
-        record.update(status="FINISHED", loss=result.losses[-1], losses=result.losses)
+        # The speed too, as the MLflow run has it: with mlflow.enabled=false it is here only.
+        record.update(status="FINISHED", loss=result.losses[-1], losses=result.losses,
+                      steps_per_second=round(result.steps_per_second, 4),
+                      compile_seconds=round(result.compile_seconds, 3))
         return result.losses[-1]
     except BaseException as exc:
         stopped = interruption(exc)

@@ -49,7 +49,10 @@ def _figure():
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    # Fixed margins, wide enough for a 7-character tick label such as -700000 (matplotlib
+    # writes 1e6 and up with an offset): tight_layout measures every text first, 79 against
+    # 48 ms per loss plot here, paid by every job.
+    fig.subplots_adjust(left=0.15, right=0.97, bottom=0.12, top=0.92)
     fig.savefig(path)
     return path
 

@@ -56,6 +56,10 @@ def test_contact_sheet_and_loss_curves_land_in_the_sweep_dir_and_on_the_parent_r
         assert "loss.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     record = json.loads((sweep["work"] / "first" / "0" / "job.json").read_text())
     assert record["status"] == "FINISHED" and len(record["losses"]) == 3
+    # The job's speed, as its MLflow run has it (the bench reads it with MLflow off).
+    run = next(r for r in children if r.info.run_id == record["run_id"])
+    assert record["steps_per_second"] > 0 and record["compile_seconds"] > 0
+    assert record["steps_per_second"] == pytest.approx(run.data.metrics["steps_per_second"], abs=1e-4)
     # The sweep's counts are params beside `jobs`, not one-point metric charts.
     assert (parent.data.params["jobs"], parent.data.params["failed_jobs"], parent.data.params["skipped_jobs"]) == ("4", "0", "0")
     assert not {"failed_jobs", "skipped_jobs"} & set(parent.data.metrics)

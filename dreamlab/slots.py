@@ -237,8 +237,10 @@ def gpu_shared() -> bool:
     return bool(gpus) and gpus < 1
 
 
-def enter(slot_json: str) -> None:
-    """Worker start-up (before TensorFlow): pin the process to its slot's cores."""
+def enter(slot_json: str, env: Optional[dict] = None) -> None:
+    """Worker start-up (before TensorFlow starts): its environment (a worker forked from the
+    launcher's template did not start with it) and the slot's cores."""
+    os.environ.update(env or {})
     slot = Slot(**json.loads(slot_json))
     if slot.cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, slot.cores)

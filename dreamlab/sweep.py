@@ -179,6 +179,12 @@ class MlflowSweep(Callback):
         keys = swept_keys(overrides, params)
         info = {"parent_run_id": None, "swept": keys, "experiment_id": None}
         self._check(config, sweep_dir, info)
+        if str(hydra_cfg.launcher.get("_target_", "")).startswith("hydra_plugins.dreamlab_launcher."):
+            # The parallel launcher's workers fork from a server that imports TensorFlow and
+            # MLflow: started here, it imports while this process opens the parent run.
+            from hydra_plugins.dreamlab_launcher import parallel_launcher
+
+            parallel_launcher.preloaded_context(config)
         grown = from_runs(config, overrides)
         if grown:
             info["from_run"] = grown[0]

@@ -223,3 +223,28 @@ def test_asking_for_a_gpu_that_is_not_there_is_one_line(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "hydra.launcher.gpus asks for GPU 3 but the visible GPUs are [0,1]" in proc.stderr
+
+
+def _started_with():
+    """In a worker, before any job: which heavy modules it already holds, and its backend."""
+    return sorted(m for m in ("keras", "mlflow", "tensorflow") if m in sys.modules), os.environ.get("KERAS_BACKEND")
+
+
+def test_cpu_workers_fork_from_a_server_that_already_imported_tensorflow_and_mlflow(monkeypatch):
+    from loky import ProcessPoolExecutor
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.dreamlab_launcher import parallel_launcher
+
+    monkeypatch.delenv("DREAMLAB_PRETEND_GPUS", raising=False)
+    config = OmegaConf.create({"backend": None, "hydra": {"launcher": {"gpus": None, "preload": True}}})
+    assert parallel_launcher.preloads(config)
+    context = parallel_launcher.preloaded_context(config)
+    assert context is not None and context.get_start_method() == "forkserver"
+    with ProcessPoolExecutor(max_workers=1, context=context) as pool:
+        assert pool.submit(_started_with).result(timeout=300) == (["keras", "mlflow", "tensorflow"], "tensorflow")
+    # Fresh processes where a fork would be wrong or is not wanted.
+    assert not parallel_launcher.preloads(OmegaConf.merge(config, {"backend": "jax"}))
+    assert not parallel_launcher.preloads(OmegaConf.merge(config, {"hydra": {"launcher": {"preload": False}}}))
+    monkeypatch.setenv("DREAMLAB_PRETEND_GPUS", "0,1")
+    assert not parallel_launcher.preloads(config)

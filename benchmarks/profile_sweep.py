@@ -110,6 +110,9 @@ def phases(result: dict) -> dict:
     processes = {r["pid"]: r for r in records if r["kind"] == "process"}
     exits = {r["pid"]: r["t"] for r in records if r["kind"] == "exit"}
     root = min(processes.values(), key=lambda p: p["t0"])["pid"]
+    # The parallel launcher's preloaded server: its imports are the workers', but it waits for
+    # forks, not for the sweep's end.
+    servers = {p["ppid"] for p in processes.values() if p.get("forked")}
     table: dict = defaultdict(lambda: defaultdict(float))
     by_pid = defaultdict(list)
     for r in records:
@@ -142,7 +145,7 @@ def phases(result: dict) -> dict:
         table[(role, "main")]["unattributed"] += max(0.0, last - process["t0"] - covered)
         if pid == root:
             table[(role, "main")]["exit"] += max(0.0, result["ended"] - last)
-        else:  # a worker waits for the sweep's end (its last writes included) to exit
+        elif pid not in servers:  # a worker waits for the sweep's end (its last writes included) to exit
             table[(role, "main")]["idle"] += max(0.0, exits.get(pid, last) - last)
     return table
 

@@ -2,7 +2,8 @@
 
 benchmarks/profile_sweep.py puts this folder first on PYTHONPATH and names a folder in
 DREAMLAB_PROFILE; Python then imports this file at start-up in the sweep's process and in
-every worker it starts (the parallel launcher's loky workers inherit the environment).
+every worker it starts (the parallel launcher's workers inherit the environment; those forked
+from its preloaded server get their own file at the fork).
 Without DREAMLAB_PROFILE it does nothing.
 
 This wraps library functions at start-up, which dreamlab itself never does: it is a
@@ -54,6 +55,17 @@ def _install() -> None:  # noqa: C901 (one place for every hook)
 
     write({"kind": "process", "pid": os.getpid(), "ppid": os.getppid(), "argv": sys.argv[:3],
            "started": started_at(), "t0": t0})
+
+    def forked() -> None:
+        """A worker forked from the parallel launcher's preloaded server: its own file and
+        process record, from the fork on (it never runs atexit: no exit record)."""
+        nonlocal log, lock
+        now = time.time()
+        log, lock = open(os.path.join(_OUT, f"{os.getpid()}.jsonl"), "a", buffering=1), threading.Lock()
+        write({"kind": "process", "pid": os.getpid(), "ppid": os.getppid(), "argv": sys.argv[:3],
+               "started": now, "t0": now, "forked": True})
+
+    os.register_at_fork(after_in_child=forked)
 
     class Span:
         __slots__ = ("category", "detail", "start", "children")

@@ -65,7 +65,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="parallel", node=Paral
 # What every job's process imports, in the preloaded server (TensorFlow imports Keras), and
 # the environment it imports them in: a CPU worker's (slots.worker_env), as Keras reads its
 # backend and TensorFlow its devices from it.
-PRELOAD = ("tensorflow", "mlflow", "dreamlab.app", "dreamlab.jobs", "dreamlab.tracking", "dreamlab.plots")
+PRELOAD = ("tensorflow", "mlflow", "dreamlab.app", "dreamlab.jobs", "dreamlab.tracking", "dreamlab.plots",
+           "hydra_plugins.dreamlab_launcher.preloaded")
 PRELOAD_ENV = {"KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
 _preloaded: list = []  # the context, once started (one forkserver per process)
 

@@ -57,9 +57,14 @@ def check_stop() -> None:
 
 
 def interruption(exc: BaseException):
-    """(signal name, exit code) when `exc` is Ctrl-C or SIGTERM, else None."""
+    """(signal name, exit code) when `exc` is Ctrl-C or SIGTERM, or any error raised after
+    the command was asked to stop; else None."""
     if isinstance(exc, Interrupted):
         return exc.signal_name, exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         return "SIGINT", 130
+    if _stopping:
+        # The stop landed inside C code that turned it into another error (seen: a SIGTERM
+        # during a trace raised SystemError from TensorFlow's graph code): it is the stop's.
+        return interruption(_raised(_stopping[0]))
     return None

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from . import backbones, config, console, images, slots, validate
 from .engine import backends  # imports no Keras: the job chooses the backend first
-from .errors import first_line, interruption
+from .errors import Interrupted, check_stop, first_line, interruption
 
 log = logging.getLogger("dreamlab")
 FROM_RUN_TAG = "dreamlab.from_run"
@@ -92,6 +92,8 @@ def run(cfg: DictConfig) -> float:
             record["status"] = "KILLED"
         if tracker is not None:
             tracker.end(error=record["error"], status="KILLED" if stopped else None)
+        if stopped and not isinstance(exc, (KeyboardInterrupt, Interrupted)):
+            check_stop()  # the stop itself, in place of the error it caused on its way
         raise
     finally:
         record["seconds"] = round(time.perf_counter() - started, 2)

@@ -422,3 +422,15 @@ def test_a_stop_swallowed_on_the_way_still_stops_the_dream_after_one_step(small_
     with pytest.raises(KeyboardInterrupt):
         dreamlab.dream(small_array, backbone="mobilenet_v2", weights="bundled", layers=["block_9_add"],
                        octaves=1, steps=50)
+
+
+def test_an_error_raised_once_the_command_was_asked_to_stop_is_the_stop(monkeypatch):
+    """A SIGTERM that lands inside TensorFlow's tracing comes out as SystemError (seen in CI):
+    the job still ends KILLED and the command exits 143, not with a traceback."""
+    from dreamlab import errors
+
+    assert errors.interruption(SystemError("bad argument to internal function")) is None
+    monkeypatch.setattr(errors, "_stopping", [signal.SIGTERM])
+    assert errors.interruption(SystemError("bad argument to internal function")) == ("SIGTERM", 143)
+    with pytest.raises(errors.Interrupted):
+        errors.check_stop()

@@ -239,7 +239,7 @@ def gpu_shared() -> bool:
 
 def enter(slot_json: str, env: Optional[dict] = None) -> None:
     """Worker start-up (before TensorFlow starts): its environment (a worker forked from the
-    launcher's template did not start with it) and the slot's cores."""
+    parallel launcher's preloaded server did not start with it) and the slot's cores."""
     os.environ.update(env or {})
     slot = Slot(**json.loads(slot_json))
     if slot.cores and hasattr(os, "sched_setaffinity"):

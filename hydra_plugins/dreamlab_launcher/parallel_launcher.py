@@ -29,6 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
+from unittest.mock import patch  # patch.dict: the environment set for a block, then restored
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -100,16 +101,8 @@ def preloaded_context(config: DictConfig):
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(list(PRELOAD))
             # The server inherits this process's environment when it starts, and only then.
-            saved = {key: os.environ.get(key) for key in PRELOAD_ENV}
-            os.environ.update(PRELOAD_ENV)
-            try:
+            with patch.dict(os.environ, PRELOAD_ENV):
                 multiprocessing.forkserver.ensure_running()
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key)
-                    else:
-                        os.environ[key] = value
         _preloaded.append(context)
     return _preloaded[0]
 
@@ -157,12 +150,12 @@ class ParallelLauncher(Launcher):
         if current is None:
             env = slots.worker_env(slot, backend)
             assert self.config is not None
-            preloaded = slot.gpu is None and backend == "tensorflow"
             # loky gives `env` to its own fresh processes only: a fork of the preloaded server
-            # sets it in `slots.enter`, before the job starts TensorFlow.
+            # sets it in `slots.enter`, before the job starts TensorFlow. (No GPU slot gets
+            # here with a context: `preloads` is off where GPUs are given or visible.)
             current = self._executors[slot.index] = (backend, ProcessPoolExecutor(
                 max_workers=1, initializer=slots.enter, initargs=(slot.to_json(), env), env=env,
-                context=preloaded_context(self.config) if preloaded else None))
+                context=preloaded_context(self.config) if backend == "tensorflow" else None))
         return current[1]
 
     def _shutdown(self) -> None:

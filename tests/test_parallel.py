@@ -227,7 +227,8 @@ def test_asking_for_a_gpu_that_is_not_there_is_one_line(tmp_path):
 
 def _started_with():
     """In a worker, before any job: which heavy modules it already holds, and its backend."""
-    return sorted(m for m in ("keras", "mlflow", "tensorflow") if m in sys.modules), os.environ.get("KERAS_BACKEND")
+    held = ("keras", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "tensorflow")
+    return sorted(m for m in held if m in sys.modules), os.environ.get("KERAS_BACKEND")
 
 
 def test_cpu_workers_fork_from_a_server_that_already_imported_tensorflow_and_mlflow(monkeypatch):
@@ -237,12 +238,21 @@ def test_cpu_workers_fork_from_a_server_that_already_imported_tensorflow_and_mlf
     from hydra_plugins.dreamlab_launcher import parallel_launcher
 
     monkeypatch.delenv("DREAMLAB_PRETEND_GPUS", raising=False)
-    config = OmegaConf.create({"backend": None, "hydra": {"launcher": {"gpus": None, "preload": True}}})
+    config = OmegaConf.create({"backend": None, "hydra": {"launcher": {"gpus": None, "preload": True}},
+                               "mlflow": {"enabled": True, "tracking_uri": "sqlite:///outputs/mlflow.db"}})
     assert parallel_launcher.preloads(config)
     context = parallel_launcher.preloaded_context(config)
     assert context is not None and context.get_start_method() == "forkserver"
     with ProcessPoolExecutor(max_workers=1, context=context) as pool:
-        assert pool.submit(_started_with).result(timeout=300) == (["keras", "mlflow", "tensorflow"], "tensorflow")
+        assert pool.submit(_started_with).result(timeout=300) == (
+            ["keras", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "tensorflow"], "tensorflow")
+    # MLflow's SQL store only for a store in a database.
+    sql = "mlflow.store.tracking.sqlalchemy_store"
+    for uri, enabled, wanted in [("postgresql+psycopg2://u@127.0.0.1/db", True, True),
+                                 ("http://127.0.0.1:5000", True, False), ("file:///tmp/mlruns", True, False),
+                                 ("sqlite:///outputs/mlflow.db", False, False)]:
+        other = OmegaConf.merge(config, {"mlflow": {"tracking_uri": uri, "enabled": enabled}})
+        assert (sql in parallel_launcher.preload_modules(other)) == wanted, uri
     # Fresh processes where a fork would be wrong or is not wanted.
     assert not parallel_launcher.preloads(OmegaConf.merge(config, {"backend": "jax"}))
     assert not parallel_launcher.preloads(OmegaConf.merge(config, {"hydra": {"launcher": {"preload": False}}}))

@@ -35,6 +35,7 @@ from typing import Optional
 KERAS = "keras 3.0-3.15"
 TENSORFLOW = "tensorflow 2.9-2.21"
 MLFLOW_UI = "mlflow 3.17"
+MLFLOW_STORE = "mlflow 3.0-3.17"
 
 
 # --- Keras -----------------------------------------------------------------------------------
@@ -87,6 +88,20 @@ def tf_disable_op_determinism() -> None:
 
     if config.is_op_determinism_enabled():
         config.disable_op_determinism()
+
+
+# --- MLflow's tracking store ----------------------------------------------------------------
+
+def mlflow_store_modules(tracking_uri: str) -> list[str]:
+    """What MLflow imports, beyond `import mlflow`, to open the store at `tracking_uri`: its
+    SQL store (SQLAlchemy, Alembic) for a database, nothing for a server or files. Private:
+    the module's path and MLflow's list of database engines (`mlflow.store.db.db_types`)."""
+    from urllib.parse import urlparse
+
+    from mlflow.store.db.db_types import DATABASE_ENGINES
+
+    database = urlparse(tracking_uri).scheme.split("+")[0] in DATABASE_ENGINES
+    return ["mlflow.store.tracking.sqlalchemy_store"] if database else []
 
 
 # --- MLflow's web UI -------------------------------------------------------------------------

@@ -129,6 +129,35 @@ def test_tf_disable_op_determinism():
            "the op determinism flag (enable_op_determinism no longer sets what disable_op_determinism clears)")
 
 
+# --- MLflow's tracking store ----------------------------------------------------------------
+
+_STORE_PROBE = textwrap.dedent("""
+    import json, sys
+    import mlflow
+    from dreamlab import internals
+
+    uri = sys.argv[1]
+    before = set(sys.modules)
+    mlflow.MlflowClient(uri).search_experiments()
+    print(json.dumps({"imported": sorted(set(sys.modules) - before),
+                      "ours": internals.mlflow_store_modules(uri)}))
+""")
+
+
+def test_mlflow_store_modules(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run([sys.executable, "-c", _STORE_PROBE, uri], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    canary(bool(probe["ours"]) and set(probe["ours"]) <= set(probe["imported"]), "mlflow_store_modules",
+           internals.MLFLOW_STORE, "mlflow", f"the modules that open a sqlite store ({probe['ours']} not "
+           f"among those imported)")
+    for elsewhere in ("http://127.0.0.1:5000", "databricks", str(tmp_path / "mlruns")):
+        assert internals.mlflow_store_modules(elsewhere) == [], elsewhere
+    assert internals.mlflow_store_modules("postgresql+psycopg://u@127.0.0.1/db") == probe["ours"]
+
+
 # --- MLflow's web UI -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

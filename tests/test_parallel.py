@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TRAINED_WEIGHTS, run_cli, store_uri
+from dreamlab import internals
 
 PARENT = "mlflow.parentRunId"
 TINY = ["max_size=96", "steps=2", "backbone.weights=null", "progress=false"]
@@ -227,7 +228,7 @@ def test_asking_for_a_gpu_that_is_not_there_is_one_line(tmp_path):
 
 def _started_with():
     """In a worker, before any job: which heavy modules it already holds, and its backend."""
-    held = ("keras", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "tensorflow")
+    held = ("keras", "mlflow", *internals.mlflow_store_modules("sqlite:///x.db"), "tensorflow")
     return sorted(m for m in held if m in sys.modules), os.environ.get("KERAS_BACKEND")
 
 
@@ -245,9 +246,10 @@ def test_cpu_workers_fork_from_a_server_that_already_imported_tensorflow_and_mlf
     assert context is not None and context.get_start_method() == "forkserver"
     with ProcessPoolExecutor(max_workers=1, context=context) as pool:
         assert pool.submit(_started_with).result(timeout=300) == (
-            ["keras", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "tensorflow"], "tensorflow")
+            sorted(["keras", "mlflow", *internals.mlflow_store_modules("sqlite:///x.db"), "tensorflow"]),
+            "tensorflow")
     # MLflow's SQL store only for a store in a database.
-    sql = "mlflow.store.tracking.sqlalchemy_store"
+    sql, = internals.mlflow_store_modules("sqlite:///x.db")
     for uri, enabled, wanted in [("postgresql+psycopg2://u@127.0.0.1/db", True, True),
                                  ("http://127.0.0.1:5000", True, False), ("file:///tmp/mlruns", True, False),
                                  ("sqlite:///outputs/mlflow.db", False, False)]:

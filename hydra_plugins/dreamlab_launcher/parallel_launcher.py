@@ -29,7 +29,6 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
-from urllib.parse import urlparse
 from unittest.mock import patch  # patch.dict: the environment set for a block, then restored
 
 from hydra.core.config_store import ConfigStore
@@ -93,12 +92,11 @@ def preload_modules(config: DictConfig) -> list[str]:
     """`PRELOAD`, and MLflow's SQL store where the runs go to a database (sqlite, PostgreSQL,
     ...): SQLAlchemy and Alembic are ~0.7 s of each worker's first run otherwise, before its
     first step; a store on a server or in files never imports them, so then they are not paid."""
-    from mlflow.store.db.db_types import DATABASE_ENGINES
+    from dreamlab import internals
 
     uri = OmegaConf.select(config, "mlflow.tracking_uri", default=None)
-    database = bool(OmegaConf.select(config, "mlflow.enabled", default=True) and uri
-                    and urlparse(str(uri)).scheme.split("+")[0] in DATABASE_ENGINES)
-    return [*PRELOAD, *(["mlflow.store.tracking.sqlalchemy_store"] if database else [])]
+    enabled = OmegaConf.select(config, "mlflow.enabled", default=True)
+    return [*PRELOAD, *(internals.mlflow_store_modules(str(uri)) if enabled and uri else [])]
 
 
 def preloaded_context(config: DictConfig):

@@ -118,9 +118,9 @@ class Step:
         # never enters it.
         # The whole-picture graph has no loop or branch on a tensor (every `if` in it is on
         # the config), so AutoGraph, which rewrites the Python it calls before tracing, has
-        # nothing to convert: off, the same graph is traced in 1.38 s instead of 2.03 s
-        # (InceptionV3 mixed3+mixed5, 2 threads, AMD EPYC), the same bytes out. A branch on a
-        # tensor added there would fail at the trace, not change the graph silently.
+        # nothing to convert: off, the first step (trace included) takes 1.38 s instead of
+        # 2.03 s (InceptionV3 mixed3+mixed5, 2 threads, AMD EPYC), the same bytes out. A
+        # branch on a tensor added there would fail at the trace, not change the graph.
         self._whole = tf.function(lambda x, roll, step_size: self._step(x, roll, step_size, None),
                                   input_signature=[image, roll, scalar], autograph=False)
         self._tiled = tf.function(self._step, input_signature=[

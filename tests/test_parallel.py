@@ -20,6 +20,8 @@ from dreamlab import internals
 
 PARENT = "mlflow.parentRunId"
 TINY = ["max_size=96", "steps=2", "backbone.weights=null", "progress=false"]
+# What MLflow imports to open a sqlite store (dreamlab.internals keeps the private path).
+SQL_STORE = internals.mlflow_store_modules("sqlite:///x.db")
 
 
 def all_runs(uri):
@@ -228,7 +230,7 @@ def test_asking_for_a_gpu_that_is_not_there_is_one_line(tmp_path):
 
 def _started_with():
     """In a worker, before any job: which heavy modules it already holds, and its backend."""
-    held = ("keras", "mlflow", *internals.mlflow_store_modules("sqlite:///x.db"), "tensorflow")
+    held = ("keras", "mlflow", *SQL_STORE, "tensorflow")
     return sorted(m for m in held if m in sys.modules), os.environ.get("KERAS_BACKEND")
 
 
@@ -246,10 +248,10 @@ def test_cpu_workers_fork_from_a_server_that_already_imported_tensorflow_and_mlf
     assert context is not None and context.get_start_method() == "forkserver"
     with ProcessPoolExecutor(max_workers=1, context=context) as pool:
         assert pool.submit(_started_with).result(timeout=300) == (
-            sorted(["keras", "mlflow", *internals.mlflow_store_modules("sqlite:///x.db"), "tensorflow"]),
+            sorted(["keras", "mlflow", *SQL_STORE, "tensorflow"]),
             "tensorflow")
     # MLflow's SQL store only for a store in a database.
-    sql, = internals.mlflow_store_modules("sqlite:///x.db")
+    sql, = SQL_STORE
     for uri, enabled, wanted in [("postgresql+psycopg2://u@127.0.0.1/db", True, True),
                                  ("http://127.0.0.1:5000", True, False), ("file:///tmp/mlruns", True, False),
                                  ("sqlite:///outputs/mlflow.db", False, False)]:

@@ -34,8 +34,12 @@ MB = 1e6
 
 
 def make(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "KERAS_BACKEND")}
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True,
+    # `make test ARGS=...` hands ARGS (environment and MAKEFLAGS) to every make below it, where
+    # pytest's arguments would reach the target's command line: this make gets its own.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "KERAS_BACKEND", "MAKEFLAGS", "MFLAGS", "MAKELEVEL",
+                        "ARGS")}
+    return subprocess.run(["make", "--no-print-directory", "ARGS=", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

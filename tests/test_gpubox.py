@@ -34,11 +34,9 @@ MB = 1e6
 
 
 def make(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    # `make test ARGS=...` hands ARGS (environment and MAKEFLAGS) to every make below it, where
-    # pytest's arguments would reach the target's command line: this make gets its own.
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "KERAS_BACKEND", "MAKEFLAGS", "MFLAGS", "MAKELEVEL",
-                        "ARGS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "KERAS_BACKEND")}
+    # `ARGS=` first: a `make test ARGS=...` around the suite hands its ARGS (pytest's arguments)
+    # to every make below it; a caller's own ARGS=..., later on the line, still wins.
     return subprocess.run(["make", "--no-print-directory", "ARGS=", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

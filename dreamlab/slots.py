@@ -196,14 +196,85 @@ def step_key(overrides: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(o for o in overrides if o.lstrip("+~").split("=", 1)[0].split(".")[0] in STEP_KEYS))
 
 
-def pick(queue: Sequence[tuple], last: Optional[tuple], held: set) -> int:
+def pick(queue: Sequence[tuple], last: Optional[tuple], held: set, times: Optional["JobTimes"] = None,
+         busy: Sequence[tuple] = ()) -> Optional[int]:
     """The index in `queue` (entries whose [-1] is a step_key) of the job a free worker takes:
     the first of its own last step, else the first of a step no busy worker holds, else the
-    first. Jobs keep their order within each step."""
+    first of a held step that it would finish sooner than the workers holding it (`JobTimes.
+    sooner`, from `busy`: (step key, seconds into its job, whether that job is its worker's
+    first of the step) per busy worker), else None: the worker waits. Jobs keep their order
+    within each step.
+
+    Why a worker may wait: taking another worker's step costs it that step's compile (a trace
+    of ~0.5-1 s a step on one core, InceptionV3 at 384 px), so taking the last job of a step
+    whose worker is about to be free ends the sweep later, not sooner (the 8-job grid of the
+    bench, 384 px: its last job took 2.25 s on the worker that stole it, 1.6 s on the one that
+    held its step)."""
     keys = [job[-1] for job in queue]
     if last is not None and last in keys:
         return keys.index(last)
-    return next((i for i, k in enumerate(keys) if k not in held), 0)
+    free = next((i for i, k in enumerate(keys) if k not in held), None)
+    if free is not None:
+        return free
+    if times is None:
+        return 0 if keys else None
+    return next((keys.index(key) for key in dict.fromkeys(keys)
+                 if times.sooner(key, keys.count(key), [b[1:] for b in busy if b[0] == key])), None)
+
+
+class JobTimes:
+    """What the sweep's jobs took so far, as the parallel launcher saw them (from handing a job
+    to its worker to its result), per step key: the later jobs of a step on a worker that had
+    compiled it (`each`), and what a worker's first job of a step cost beyond those (`compile`:
+    the trace, and on a fresh worker its model build). Only FINISHED jobs count: a skipped or
+    failed one says nothing of what a dream takes."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[tuple, list[float]] = {}
+        self.firsts: list[tuple[tuple, float]] = []
+
+    def record(self, key: tuple, seconds: float, first: bool) -> None:
+        if first:
+            self.firsts.append((key, seconds))
+        else:
+            self.jobs.setdefault(key, []).append(seconds)
+
+    def each(self, key: tuple) -> Optional[float]:
+        seen = sorted(self.jobs.get(key, []))
+        return seen[len(seen) // 2] if seen else None
+
+    def compile(self) -> Optional[float]:
+        extra = [seconds - each for key, seconds in self.firsts if (each := self.each(key)) is not None]
+        return max(0.0, min(extra)) if extra else None
+
+    def sooner(self, key: tuple, queued: int, holders: Sequence[tuple]) -> bool:
+        """Whether one more worker, which must compile the step first, ends the `queued` jobs
+        of `key` sooner than its `holders` ((seconds into their job, first of the step?) each)
+        alone: it takes one of them now, each holder the next when it is free. Without
+        the times to tell (no later job of the step, or no first one, has finished yet): yes,
+        as a worker that waits for nothing is the only safe guess then."""
+        each, compile = self.each(key), self.compile()
+        if each is None or compile is None or not holders:
+            return True
+        free = [max(0.0, each + (compile if first else 0.0) - elapsed) for elapsed, first in holders]
+        return max(compile + each, _finish(free, queued - 1, each)) < _finish(free, queued, each)
+
+
+def _finish(free: list[float], jobs: int, each: float) -> float:
+    """When the workers free after `free` seconds are done with their jobs and `jobs` more of
+    `each` seconds, each taking the next when it is free."""
+    import heapq
+
+    if not free:
+        return float("inf")
+    ends = list(free)
+    heapq.heapify(ends)
+    last = max(ends)
+    for _ in range(jobs):
+        end = heapq.heappop(ends) + each
+        last = max(last, end)
+        heapq.heappush(ends, end)
+    return last
 
 
 def worker_env(slot: Slot, backend: Optional[str] = None) -> dict[str, str]:

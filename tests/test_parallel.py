@@ -250,13 +250,16 @@ def test_cpu_workers_fork_from_a_server_that_already_imported_tensorflow_and_mlf
         assert pool.submit(_started_with).result(timeout=300) == (
             sorted(["keras", "mlflow", *SQL_STORE, "tensorflow"]),
             "tensorflow")
-    # MLflow's SQL store only for a store in a database.
+    # MLflow's SQL store only for a store in a database (the server reads the URI).
+    from dreamlab import internals
+
     sql, = SQL_STORE
     for uri, enabled, wanted in [("postgresql+psycopg2://u@127.0.0.1/db", True, True),
                                  ("http://127.0.0.1:5000", True, False), ("file:///tmp/mlruns", True, False),
                                  ("sqlite:///outputs/mlflow.db", False, False)]:
         other = OmegaConf.merge(config, {"mlflow": {"tracking_uri": uri, "enabled": enabled}})
-        assert (sql in parallel_launcher.preload_modules(other)) == wanted, uri
+        store = parallel_launcher.preload_env(other).get(parallel_launcher.STORE_ENV)
+        assert (store is not None and sql in internals.mlflow_store_modules(store)) == wanted, uri
     # Fresh processes where a fork would be wrong or is not wanted.
     assert not parallel_launcher.preloads(OmegaConf.merge(config, {"backend": "jax"}))
     assert not parallel_launcher.preloads(OmegaConf.merge(config, {"hydra": {"launcher": {"preload": False}}}))

@@ -66,4 +66,27 @@ def test_a_free_worker_takes_the_job_of_the_step_it_compiled():
     assert (first[-1], second[-1]) == (a, b)  # the second worker starts the other step
     assert queue[slots.pick(queue, a, {b})][-1] == a  # each worker keeps its own step
     assert queue[slots.pick(queue, b, {a})][-1] == b
-    assert slots.pick([(0, a)], b, {a}) == 0  # nothing else to do: any job beats idling
+    assert slots.pick([(0, a)], b, {a}) == 0  # no times seen yet: a job beats idling
+
+
+def test_a_free_worker_takes_another_workers_step_only_where_that_ends_it_sooner():
+    a, b = slots.step_key(["layers=mixed3"]), slots.step_key(["layers=mixed5"])
+    # As the bench's 8-job grid at 384 px: a job of b takes 1.6 s on the worker that compiled
+    # it; a first job of a step cost 1.2 s more (the trace, on a fresh worker the build too).
+    times = slots.JobTimes()
+    times.record(a, 2.45, first=True)
+    times.record(a, 1.25, first=False)
+    times.record(b, 3.1, first=True)
+    times.record(b, 1.6, first=False)
+    assert times.each(b) == 1.6 and abs(times.compile() - 1.2) < 1e-9
+    # The worker of a is free; b's worker is 1.5 s into a job. One b left: stealing it ends
+    # at 1.2 + 1.6 = 2.8 s, waiting for b's worker at 0.1 + 1.6 = 1.7 s: it waits.
+    busy = [(b, 1.5, False)]
+    assert slots.pick([(7, b)], a, {b}, times, busy) is None
+    # Two left: b's worker alone ends at 3.3 s, with one stolen at 2.8 s: it takes one.
+    assert slots.pick([(6, b), (7, b)], a, {b}, times, busy) == 0
+    # b's worker just started its first job of b (trace included): one b left is worth taking.
+    assert slots.pick([(7, b)], a, {b}, times, [(b, 0.0, True)]) == 0
+    # Its own step and a step nobody holds are taken whatever the times.
+    assert slots.pick([(5, b), (6, a)], a, {b}, times, busy) == 1
+    assert slots.pick([(5, b), (6, a)], None, {b}, times, busy) == 1

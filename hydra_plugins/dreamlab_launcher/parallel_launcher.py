@@ -25,6 +25,7 @@ give each its own GPU (Hydra issues #1331, #2757).
 import atexit
 import logging
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="parallel", node=Paral
 PRELOAD = ("tensorflow", "mlflow", "dreamlab.app", "dreamlab.jobs", "dreamlab.tracking", "dreamlab.plots",
            "hydra_plugins.dreamlab_launcher.preloaded")
 PRELOAD_ENV = {"KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
+# The sweep's tracking URI, in the server's environment alone (`preloaded` reads it).
+STORE_ENV = "DREAMLAB_PRELOAD_STORE"
 _preloaded: list = []  # the context, once started (one forkserver per process)
 
 
@@ -88,15 +91,16 @@ def preloads(config: DictConfig) -> bool:
         return False
 
 
-def preload_modules(config: DictConfig) -> list[str]:
-    """`PRELOAD`, and MLflow's SQL store where the runs go to a database (sqlite, PostgreSQL,
-    ...): SQLAlchemy and Alembic are ~0.7 s of each worker's first run otherwise, before its
-    first step; a store on a server or in files never imports them, so then they are not paid."""
-    from dreamlab import internals
-
+def preload_env(config: DictConfig) -> dict[str, str]:
+    """`PRELOAD_ENV`, and the sweep's MLflow store (`STORE_ENV`) for `preloaded` to open: where the runs go
+    to a database (sqlite, PostgreSQL, ...) it imports MLflow's SQL store too (SQLAlchemy and
+    Alembic are ~0.7 s of each worker's first run otherwise, before its first step); a store on
+    a server or in files never imports them, so then they are not paid. The server decides,
+    not this process: which schemes are databases is MLflow's list, and importing MLflow here
+    first (~0.6 s) would hold the server's start back by as much."""
     uri = OmegaConf.select(config, "mlflow.tracking_uri", default=None)
     enabled = OmegaConf.select(config, "mlflow.enabled", default=True)
-    return [*PRELOAD, *(internals.mlflow_store_modules(str(uri)) if enabled and uri else [])]
+    return {**PRELOAD_ENV, **({STORE_ENV: str(uri)} if enabled and uri else {})}
 
 
 def preloaded_context(config: DictConfig):
@@ -110,9 +114,9 @@ def preloaded_context(config: DictConfig):
             import multiprocessing.forkserver
 
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(preload_modules(config))
+            context.set_forkserver_preload(list(PRELOAD))
             # The server inherits this process's environment when it starts, and only then.
-            with patch.dict(os.environ, PRELOAD_ENV):
+            with patch.dict(os.environ, preload_env(config)):
                 multiprocessing.forkserver.ensure_running()
         _preloaded.append(context)
     return _preloaded[0]
@@ -128,6 +132,15 @@ def _execute(hydra_context: HydraContext, task_function: TaskFunction, sweep_con
                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
 
+def _record(job_dir: Path) -> Optional[dict]:
+    from dreamlab import sweep
+
+    try:
+        return sweep.read_job_record(job_dir)
+    except (OSError, ValueError):  # a job killed while writing it: no timing to learn from
+        return None
+
+
 class ParallelLauncher(Launcher):
     def __init__(self, gpus: Optional[Sequence] = None, workers_per_gpu: int = 1,
                  workers: Optional[int] = None, cores_per_worker: Optional[int] = None,
@@ -141,6 +154,8 @@ class ParallelLauncher(Launcher):
         self._executors: dict = {}  # slot index -> (backend, loky executor), kept across batches
         self._slots: list = []
         self._last: dict = {}  # slot index -> step_key of its last job
+        self._compiled: dict = {}  # slot index -> the step keys its worker has run
+        self._times = None  # slots.JobTimes of this sweep, set at its first batch
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -191,6 +206,7 @@ class ParallelLauncher(Launcher):
                 sweep.abort(self.config, str(exc))
                 raise SystemExit(f"dreamlab: error: {exc}") from None
             atexit.register(self._shutdown)
+            self._times = slots.JobTimes()
         log.info("Launching %d jobs on %d workers: %s", len(job_overrides), len(self._slots),
                  ", ".join(s.device for s in self._slots))
 
@@ -211,19 +227,29 @@ class ParallelLauncher(Launcher):
         order = list(dict.fromkeys(job[2] for job in queue))
         queue.sort(key=lambda job: order.index(job[2]))
         free = list(self._slots)
-        running: dict = {}  # future -> (slot, job number, job dir)
+        running: dict = {}  # future -> (slot, job number, job dir, overrides, step key, start, first?)
         results: dict[int, JobReturn] = {}
         singleton_state = Singleton.get_state()
         while queue or running:
-            while queue and free:
-                # The first free worker takes a job of the step it compiled last, else one of a
-                # step no busy worker holds (so that each step is compiled by one worker).
-                slot = free[0]
-                held = {self._last.get(s.index) for s, *_ in running.values()}
-                idx, overrides, backend, key = queue.pop(slots.pick(queue, self._last.get(slot.index), held))
+            waiting: list = []  # free workers that wait this round (slots.pick said None)
+            while queue and len(waiting) < len(free):
+                slot = next(s for s in free if s not in waiting)
+                # The free worker takes a job of the step it compiled last, else one of a step
+                # no busy worker holds (so that each step is compiled by one worker), else one
+                # of a held step where that ends it sooner (slots.pick), else it waits.
+                now = time.monotonic()
+                busy = [(key, now - start, first) for _, _, _, _, key, start, first in running.values()]
+                picked = slots.pick(queue, self._last.get(slot.index), {b[0] for b in busy}, self._times, busy)
+                if picked is None:
+                    waiting.append(slot)
+                    continue
+                idx, overrides, backend, key = queue.pop(picked)
                 # A worker that already runs this backend, when one is free.
-                slot = next((s for s in free if self._executors.get(s.index, (backend,))[0] == backend), slot)
+                slot = next((s for s in free if s not in waiting
+                             and self._executors.get(s.index, (backend,))[0] == backend), slot)
                 free.remove(slot)
+                first = key not in self._compiled.setdefault(slot.index, set())
+                self._compiled[slot.index].add(key)
                 self._last[slot.index] = key
                 log.info("\t#%d : %s  (%s)", idx, " ".join(filter_overrides(overrides)), slot.device)
                 sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -233,10 +259,12 @@ class ParallelLauncher(Launcher):
                 job_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
                 future = self._executor(slot, backend).submit(_execute, self.hydra_context, self.task_function,
                                                      sweep_config, singleton_state)
-                running[future] = (slot, idx, job_dir, overrides)
+                running[future] = (slot, idx, job_dir, overrides, key, time.monotonic(), first)
+            if not running:  # every free worker waits only while another is busy
+                raise RuntimeError("parallel launcher: jobs queued with no worker running")
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in done:
-                slot, idx, job_dir, overrides = running.pop(future)
+                slot, idx, job_dir, overrides, key, start, first = running.pop(future)
                 try:
                     results[idx] = future.result()
                 except Exception as exc:  # the worker died: TerminatedWorkerError, BrokenProcessPool
@@ -245,9 +273,14 @@ class ParallelLauncher(Launcher):
                     log.error("job #%d: %s", idx, reason)
                     jobs.crashed(job_dir, reason)
                     self._executors.pop(slot.index)[1].shutdown(wait=False, kill_workers=True)
+                    self._compiled.pop(slot.index, None)  # its successor compiles afresh
                     # COMPLETED for Hydra, which would abort the whole sweep on a FAILED return;
                     # the failure is in the job record and the run, and the sweep exits non-zero.
                     results[idx] = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
                                              _return_value=None, working_dir=str(job_dir))
+                else:
+                    record = _record(job_dir)
+                    if record and record.get("status") == "FINISHED":
+                        self._times.record(key, time.monotonic() - start, first)
                 free.append(slot)
         return [results[i] for i in sorted(results)]

@@ -32,7 +32,8 @@ Sections (all by default, about 6 minutes on a 2-core CPU):
              one 1-thread process per core, InceptionV3 at 256/512/1024 px (benchmarks/threads.py)
   launchers  the 2x2 sweep (256 px, 10 steps) and an 8-job grid (384 px) in process against
              hydra/launcher=parallel, pictures checked identical; the strongest one-script
-             peer (the tutorial's structure, one process per picture) on the 2x2 grid; the
+             peer (the tutorial's structure, one process per picture) on the 2x2 grid (each
+             pair in 3 alternated rounds, medians); the
              per-job overhead of each launcher (in process, parallel, Ray, SLURM) on an
              8-job grid of tiny dreams
   profile    where the literal 2x2 sweep's seconds go (imports, build, traces, first step
@@ -458,6 +459,7 @@ def overhead(step_ms: float) -> list[dict]:
 # --- sweep -----------------------------------------------------------------------------------
 
 GRID = [(layers, octaves) for layers in LAYERS for octaves in (3, 5)]
+ROUNDS = 3  # the launchers section's alternated rounds (each sweep's and the peer's median)
 
 
 def run_quiet(cmd: list[str], **kwargs) -> float:
@@ -559,35 +561,54 @@ def launchers() -> list[dict]:
     uri = f"sqlite:///{work}/mlflow.db"
     run_quiet([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient('{uri}').search_experiments()"])
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, RAY_USAGE_STATS_ENABLED="0")
-    rows = []
+    rows, walls = [], []  # walls: (in process, parallel) seconds of each grid
     grids = {"2x2 sweep, 256 px, 10 steps": ([f"layers={','.join(LAYERS)}", "octaves=3,5", "max_size=256",
                                                "steps=10"], 4),
              "8-job grid, 384 px, 10 steps": ([f"layers={','.join(LAYERS)}", "octaves=3,4", "seed=0,1",
                                                 "max_size=384", "steps=10"], 8)}
     for i, (what, (args, jobs)) in enumerate(grids.items()):
-        basic = _multirun(work, f"basic{i}", args, env)
-        parallel = _multirun(work, f"parallel{i}", args + ["hydra/launcher=parallel"], env)
-        same = _identical(work / f"basic{i}", work / f"parallel{i}", jobs)
-        rows += [row("launchers", f"{what}: in process", round(basic, 1), "s"),
+        # Alternated rounds, medians: one pair's ratio moved by +-0.1x from run to run here.
+        rounds = [(_multirun(work, f"basic{i}_{r}", args, env),
+                   _multirun(work, f"parallel{i}_{r}", args + ["hydra/launcher=parallel"], env))
+                  for r in range(ROUNDS)]
+        basic, parallel = (statistics.median(x) for x in zip(*rounds))
+        ratios = sorted(b / p for b, p in rounds)
+        same = _identical(work / f"basic{i}_0", work / f"parallel{i}_0", jobs)
+        walls.append((basic, parallel))
+        rows += [row("launchers", f"{what}: in process", round(basic, 1), "s", f"median of {ROUNDS}"),
                  row("launchers", f"{what}: hydra/launcher=parallel", round(parallel, 1), "s",
-                     "2 workers of 1 core" if os.cpu_count() == 2 else ""),
-                 row("launchers", f"{what}: parallel speed-up", round(basic / parallel, 2), "x",
-                     "pictures byte-identical" if same else
-                     # Expected where the counts differ: threads change oneDNN's last bits.
-                     f"pictures differ: {os.cpu_count()} threads in process, 1 per worker")]
+                     f"median of {ROUNDS}" + ("; 2 workers of 1 core" if os.cpu_count() == 2 else "")),
+                 row("launchers", f"{what}: parallel speed-up", round(statistics.median(ratios), 2), "x",
+                     f"median of {ROUNDS} alternated rounds, {ratios[0]:.2f}x to {ratios[-1]:.2f}x; " +
+                     ("pictures byte-identical" if same else
+                      # Expected where the counts differ: threads change oneDNN's last bits.
+                      f"pictures differ: {os.cpu_count()} threads in process, 1 per worker"))]
     # The strongest one-script peer on the 2x2 grid: traced once per process, one process each.
-    (work / "tutorial").mkdir()
-    peer = sum(run_quiet([sys.executable, "benchmarks/baseline.py", str(work / "tutorial" / f"{layers}_{octaves}.png"),
-                          "--structure", "tutorial", "--layers", layers, "--octaves", str(octaves),
-                          "--steps", "10", "--max-size", "256"]) for layers, octaves in GRID)
-    same = all((work / "tutorial" / f"{layers}_{octaves}.png").read_bytes()
-               == (work / "basic0" / str(j) / "dream.png").read_bytes() for j, (layers, octaves) in enumerate(GRID))
-    basic = next(r["value"] for r in rows if r["measure"].endswith("256 px, 10 steps: in process"))
-    parallel = next(r["value"] for r in rows if r["measure"].endswith("256 px, 10 steps: hydra/launcher=parallel"))
+    # Alternated with the in-process sweep, ROUNDS rounds, the ratio the median of the rounds':
+    # one pair moved between 2.3x and 2.9x from minute to minute on these 2-core machines
+    # (four fresh processes and one sweep are not slowed alike by the neighbours).
+    args0 = grids["2x2 sweep, 256 px, 10 steps"][0]
+    pairs = []
+    for r in range(ROUNDS):
+        sweep = _multirun(work, f"peer_basic{r}", args0, env)
+        (work / f"tutorial{r}").mkdir()
+        peer = sum(run_quiet([sys.executable, "benchmarks/baseline.py", str(work / f"tutorial{r}" / f"{layers}_{octaves}.png"),
+                              "--structure", "tutorial", "--layers", layers, "--octaves", str(octaves),
+                              "--steps", "10", "--max-size", "256"]) for layers, octaves in GRID)
+        pairs.append((sweep, peer))
+    same = all((work / "tutorial0" / f"{layers}_{octaves}.png").read_bytes()
+               == (work / "peer_basic0" / str(j) / "dream.png").read_bytes() for j, (layers, octaves) in enumerate(GRID))
+    parallel = walls[0][1]
+    ratios = sorted(peer / sweep for sweep, peer in pairs)
+    peer = statistics.median(p for _, p in pairs)
+    spread = f"median of {len(pairs)} alternated rounds, {ratios[0]:.2f}x to {ratios[-1]:.2f}x"
     rows += [row("launchers", "2x2 sweep: tutorial-structure script, 4 processes", round(peer, 1), "s",
-                 "pictures byte-identical to dreamlab's" if same else "pictures differ from dreamlab's"),
-             row("launchers", "2x2 sweep: in process vs tutorial-structure script", round(peer / basic, 2), "x"),
-             row("launchers", "2x2 sweep: parallel vs tutorial-structure script", round(peer / parallel, 2), "x")]
+                 f"median of {len(pairs)}; " + ("pictures byte-identical to dreamlab's" if same else
+                                                "pictures differ from dreamlab's")),
+             row("launchers", "2x2 sweep: in process vs tutorial-structure script",
+                 round(statistics.median(ratios), 2), "x", spread),
+             row("launchers", "2x2 sweep: parallel vs tutorial-structure script", round(peer / parallel, 2), "x",
+                 "the median peer against the median parallel sweep")]
     # Per-job overhead: 8 dreams so small (64 px, 1 step) that the wall time is the launcher's.
     tiny = ["layers=mixed3", "octaves=1", "max_size=64", "steps=1", "seed=0,1,2,3,4,5,6,7"]
     launch = {"in process": [], "parallel": ["hydra/launcher=parallel"],

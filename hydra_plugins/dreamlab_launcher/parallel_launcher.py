@@ -4,7 +4,9 @@ Built on loky (the process pools behind joblib): one single-worker loky executor
 (dreamlab.slots), each started with its slot's environment (`CUDA_VISIBLE_DEVICES` before
 TensorFlow starts) and pinned to its cores. A worker imports TensorFlow once and keeps its
 models and compiled steps for every job it gets, as the in-process launcher does. Jobs queue
-for the first free slot. A job whose worker dies (killed, out of memory) ends FAILED with the
+for the first free slot, which takes the job that its compiled steps and the times seen so
+far say it should (`slots.pick`: its own step first, another worker's only where that ends
+it sooner), or waits. A job whose worker dies (killed, out of memory) ends FAILED with the
 reason, in its job record and its MLflow run, and the slot gets a new worker; the other jobs
 go on.
 

@@ -94,12 +94,12 @@ def preloads(config: DictConfig) -> bool:
 
 
 def preload_env(config: DictConfig) -> dict[str, str]:
-    """`PRELOAD_ENV`, and the sweep's MLflow store (`STORE_ENV`) for `preloaded` to open: where the runs go
-    to a database (sqlite, PostgreSQL, ...) it imports MLflow's SQL store too (SQLAlchemy and
-    Alembic are ~0.7 s of each worker's first run otherwise, before its first step); a store on
-    a server or in files never imports them, so then they are not paid. The server decides,
-    not this process: which schemes are databases is MLflow's list, and importing MLflow here
-    first (~0.6 s) would hold the server's start back by as much."""
+    """`PRELOAD_ENV`, and the sweep's MLflow store (`STORE_ENV`) for `preloaded` to open:
+    where the runs go to a database (sqlite, PostgreSQL, ...) it imports MLflow's SQL store
+    too (SQLAlchemy and Alembic are ~0.7 s of each worker's first run otherwise, before its
+    first step); a store on a server or in files never imports them, so then they are not
+    paid. The server decides, not this process: which schemes are databases is MLflow's list,
+    and importing MLflow here first (~0.6 s) would hold the server's start back by as much."""
     uri = OmegaConf.select(config, "mlflow.tracking_uri", default=None)
     enabled = OmegaConf.select(config, "mlflow.enabled", default=True)
     return {**PRELOAD_ENV, **({STORE_ENV: str(uri)} if enabled and uri else {})}
@@ -175,6 +175,7 @@ class ParallelLauncher(Launcher):
         if current is not None and current[0] != backend:
             current[1].shutdown(wait=True)
             current = None
+            self._compiled.pop(slot.index, None)  # a new process: it compiles afresh
         if current is None:
             env = slots.worker_env(slot, backend)
             assert self.config is not None
@@ -250,6 +251,7 @@ class ParallelLauncher(Launcher):
                 slot = next((s for s in free if s not in waiting
                              and self._executors.get(s.index, (backend,))[0] == backend), slot)
                 free.remove(slot)
+                executor = self._executor(slot, backend)  # a new process where the backend changes
                 first = key not in self._compiled.setdefault(slot.index, set())
                 self._compiled[slot.index].add(key)
                 self._last[slot.index] = key
@@ -259,8 +261,8 @@ class ParallelLauncher(Launcher):
                     sweep_config.hydra.job.id = idx
                     sweep_config.hydra.job.num = idx
                 job_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
-                future = self._executor(slot, backend).submit(_execute, self.hydra_context, self.task_function,
-                                                     sweep_config, singleton_state)
+                future = executor.submit(_execute, self.hydra_context, self.task_function, sweep_config,
+                                         singleton_state)
                 running[future] = (slot, idx, job_dir, overrides, key, time.monotonic(), first)
             if not running:  # every free worker waits only while another is busy
                 raise RuntimeError("parallel launcher: jobs queued with no worker running")

@@ -551,6 +551,14 @@ def _identical(a: Path, b: Path, jobs: int) -> bool:
                for j in range(jobs))
 
 
+def _tutorial_peer(folder: Path) -> float:
+    """Seconds of the 2x2 grid as the tutorial-structure script runs it: one process a picture."""
+    folder.mkdir()
+    return sum(run_quiet([sys.executable, "benchmarks/baseline.py", str(folder / f"{layers}_{octaves}.png"),
+                          "--structure", "tutorial", "--layers", layers, "--octaves", str(octaves),
+                          "--steps", "10", "--max-size", "256"]) for layers, octaves in GRID)
+
+
 def launchers() -> list[dict]:
     sys.path.insert(0, str(ROOT / "tests"))
     from clusters import ClusterError, slurm
@@ -561,20 +569,27 @@ def launchers() -> list[dict]:
     uri = f"sqlite:///{work}/mlflow.db"
     run_quiet([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient('{uri}').search_experiments()"])
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, RAY_USAGE_STATS_ENABLED="0")
-    rows, walls = [], []  # walls: (in process, parallel) seconds of each grid
+    rows, pairs = [], []  # pairs: (in-process 2x2 sweep, tutorial-structure peer) of each round
     grids = {"2x2 sweep, 256 px, 10 steps": ([f"layers={','.join(LAYERS)}", "octaves=3,5", "max_size=256",
                                                "steps=10"], 4),
              "8-job grid, 384 px, 10 steps": ([f"layers={','.join(LAYERS)}", "octaves=3,4", "seed=0,1",
                                                 "max_size=384", "steps=10"], 8)}
     for i, (what, (args, jobs)) in enumerate(grids.items()):
         # Alternated rounds, medians: one pair's ratio moved by +-0.1x from run to run here.
-        rounds = [(_multirun(work, f"basic{i}_{r}", args, env),
-                   _multirun(work, f"parallel{i}_{r}", args + ["hydra/launcher=parallel"], env))
-                  for r in range(ROUNDS)]
+        # The 2x2 rounds also run the strongest one-script peer, four processes traced once
+        # each, whose ratio to the sweep moved between 2.3x and 2.9x from minute to minute on
+        # these 2-core machines (four fresh processes and one sweep are not slowed alike).
+        rounds = []
+        for r in range(ROUNDS):
+            rounds.append((_multirun(work, f"basic{i}_{r}", args, env),
+                           _multirun(work, f"parallel{i}_{r}", args + ["hydra/launcher=parallel"], env)))
+            if i == 0:
+                pairs.append((rounds[-1][0], _tutorial_peer(work / f"tutorial{r}")))
         basic, parallel = (statistics.median(x) for x in zip(*rounds))
         ratios = sorted(b / p for b, p in rounds)
         same = _identical(work / f"basic{i}_0", work / f"parallel{i}_0", jobs)
-        walls.append((basic, parallel))
+        if i == 0:
+            parallel_2x2 = parallel
         rows += [row("launchers", f"{what}: in process", round(basic, 1), "s", f"median of {ROUNDS}"),
                  row("launchers", f"{what}: hydra/launcher=parallel", round(parallel, 1), "s",
                      f"median of {ROUNDS}" + ("; 2 workers of 1 core" if os.cpu_count() == 2 else "")),
@@ -583,31 +598,18 @@ def launchers() -> list[dict]:
                      ("pictures byte-identical" if same else
                       # Expected where the counts differ: threads change oneDNN's last bits.
                       f"pictures differ: {os.cpu_count()} threads in process, 1 per worker"))]
-    # The strongest one-script peer on the 2x2 grid: traced once per process, one process each.
-    # Alternated with the in-process sweep, ROUNDS rounds, the ratio the median of the rounds':
-    # one pair moved between 2.3x and 2.9x from minute to minute on these 2-core machines
-    # (four fresh processes and one sweep are not slowed alike by the neighbours).
-    args0 = grids["2x2 sweep, 256 px, 10 steps"][0]
-    pairs = []
-    for r in range(ROUNDS):
-        sweep = _multirun(work, f"peer_basic{r}", args0, env)
-        (work / f"tutorial{r}").mkdir()
-        peer = sum(run_quiet([sys.executable, "benchmarks/baseline.py", str(work / f"tutorial{r}" / f"{layers}_{octaves}.png"),
-                              "--structure", "tutorial", "--layers", layers, "--octaves", str(octaves),
-                              "--steps", "10", "--max-size", "256"]) for layers, octaves in GRID)
-        pairs.append((sweep, peer))
     same = all((work / "tutorial0" / f"{layers}_{octaves}.png").read_bytes()
-               == (work / "peer_basic0" / str(j) / "dream.png").read_bytes() for j, (layers, octaves) in enumerate(GRID))
-    parallel = walls[0][1]
+               == (work / "basic0_0" / str(j) / "dream.png").read_bytes()
+               for j, (layers, octaves) in enumerate(GRID))
     ratios = sorted(peer / sweep for sweep, peer in pairs)
     peer = statistics.median(p for _, p in pairs)
-    spread = f"median of {len(pairs)} alternated rounds, {ratios[0]:.2f}x to {ratios[-1]:.2f}x"
     rows += [row("launchers", "2x2 sweep: tutorial-structure script, 4 processes", round(peer, 1), "s",
                  f"median of {len(pairs)}; " + ("pictures byte-identical to dreamlab's" if same else
                                                 "pictures differ from dreamlab's")),
              row("launchers", "2x2 sweep: in process vs tutorial-structure script",
-                 round(statistics.median(ratios), 2), "x", spread),
-             row("launchers", "2x2 sweep: parallel vs tutorial-structure script", round(peer / parallel, 2), "x",
+                 round(statistics.median(ratios), 2), "x",
+                 f"median of {len(pairs)} alternated rounds, {ratios[0]:.2f}x to {ratios[-1]:.2f}x"),
+             row("launchers", "2x2 sweep: parallel vs tutorial-structure script", round(peer / parallel_2x2, 2), "x",
                  "the median peer against the median parallel sweep")]
     # Per-job overhead: 8 dreams so small (64 px, 1 step) that the wall time is the launcher's.
     tiny = ["layers=mixed3", "octaves=1", "max_size=64", "steps=1", "seed=0,1,2,3,4,5,6,7"]

@@ -17,9 +17,11 @@ machine of the same CPU kind, whatever its core count.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import shutil
+import statistics
 import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
@@ -240,8 +242,8 @@ class JobTimes:
             self.jobs.setdefault(key, []).append(seconds)
 
     def each(self, key: tuple) -> Optional[float]:
-        seen = sorted(self.jobs.get(key, []))
-        return seen[len(seen) // 2] if seen else None
+        seen = self.jobs.get(key)
+        return statistics.median_high(seen) if seen else None
 
     def compile(self) -> Optional[float]:
         extra = [seconds - each for key, seconds in self.firsts if (each := self.each(key)) is not None]
@@ -263,10 +265,6 @@ class JobTimes:
 def _finish(free: list[float], jobs: int, each: float) -> float:
     """When the workers free after `free` seconds are done with their jobs and `jobs` more of
     `each` seconds, each taking the next when it is free."""
-    import heapq
-
-    if not free:
-        return float("inf")
     ends = list(free)
     heapq.heapify(ends)
     last = max(ends)

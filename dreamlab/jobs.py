@@ -328,14 +328,18 @@ def _start_run(cfg: DictConfig, resolved: dict, hc, fp: Optional[str], env_tags:
                            run_name=",".join(named) or "dream", params=params, tags=tags)
 
 
-def crashed(job_dir: Path, reason: str) -> None:
-    """A launcher saw the process of this job die (killed, out of memory, segfault): end its
-    record and its MLflow run FAILED with the reason, so nothing is left RUNNING."""
+def crashed(job_dir: Path, reason: str, job: int, overrides: str) -> None:
+    """A launcher saw the process of job number `job` die (killed, out of memory, segfault):
+    end its record and its MLflow run FAILED with the reason, so nothing is left RUNNING.
+    The job may have died before writing any record (at its set-up, or a worker that never
+    started): its number and overrides then come from the launcher, since the sweep's summary
+    lists every job by them."""
     from . import sweep, tracking
 
     record = sweep.read_job_record(job_dir) or {}
     record.update(status="FAILED", error=reason)
-    record.setdefault("seconds", 0.0)
+    for key, value in (("job", job), ("overrides", overrides), ("seconds", 0.0)):
+        record.setdefault(key, value)
     sweep.write_job_record(job_dir, record)
     if record.get("run_id") and record.get("tracking_uri"):
         mlflow_client = tracking.client(record["tracking_uri"])

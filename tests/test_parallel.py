@@ -165,6 +165,21 @@ def test_a_killed_worker_fails_only_its_job_and_its_slot_comes_back(tmp_path, sq
         assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
 
 
+def test_a_job_whose_worker_died_before_its_record_is_listed_failed_by_number(tmp_path):
+    # A worker can die before its job writes job.json (at the job's set-up, or a worker that
+    # never started): the launcher's record of it must still carry what the summary lists.
+    from dreamlab import jobs, sweep
+
+    jobs.crashed(tmp_path / "3", "the worker process on cpu:1 died during this job", 3, "seed=3")
+    sweep.write_job_record(tmp_path / "0", {"job": 0, "overrides": "seed=0", "status": "FINISHED",
+                                            "seconds": 2.5, "run_id": "r0", "error": None})
+    records = sweep.read_job_records(tmp_path)
+    assert [(r["job"], r["status"]) for r in records] == [(0, "FINISHED"), (3, "FAILED")]
+    lines = sweep.summary(records, ["seed"]).splitlines()
+    assert lines[2].split()[:3] == ["3", "FAILED", "0.0"]
+    assert "seed=3" in lines[2] and "error: the worker process on cpu:1 died" in lines[2]
+
+
 def test_four_single_runs_started_at_once_on_a_fresh_store_all_finish(tmp_path, square_photo):
     uri = store_uri(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

@@ -275,7 +275,7 @@ class ParallelLauncher(Launcher):
                     reason = (f"the worker process on {slot.device} died during this job "
                               f"({type(exc).__name__}: {first_line(exc)})")
                     log.error("job #%d: %s", idx, reason)
-                    jobs.crashed(job_dir, reason)
+                    jobs.crashed(job_dir, reason, idx, " ".join(overrides))
                     self._executors.pop(slot.index)[1].shutdown(wait=False, kill_workers=True)
                     self._compiled.pop(slot.index, None)  # its successor compiles afresh
                     # COMPLETED for Hydra, which would abort the whole sweep on a FAILED return;

@@ -72,7 +72,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="parallel", node=Paral
 PRELOAD = ("tensorflow", "mlflow", "dreamlab.app", "dreamlab.jobs", "dreamlab.tracking", "dreamlab.plots",
            "hydra_plugins.dreamlab_launcher.preloaded")
 PRELOAD_ENV = {"KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
-# The sweep's tracking URI, in the server's environment alone (`preloaded` reads it).
+# The sweep's tracking URI ("": none), in the server's environment alone: `preloaded` reads
+# it, and acts only where it finds it.
 STORE_ENV = "DREAMLAB_PRELOAD_STORE"
 _preloaded: list = []  # the context, once started (one forkserver per process)
 
@@ -102,7 +103,7 @@ def preload_env(config: DictConfig) -> dict[str, str]:
     and importing MLflow here first (~0.6 s) would hold the server's start back by as much."""
     uri = OmegaConf.select(config, "mlflow.tracking_uri", default=None)
     enabled = OmegaConf.select(config, "mlflow.enabled", default=True)
-    return {**PRELOAD_ENV, **({STORE_ENV: str(uri)} if enabled and uri else {})}
+    return {**PRELOAD_ENV, STORE_ENV: str(uri) if enabled and uri else ""}
 
 
 def preloaded_context(config: DictConfig):
@@ -132,6 +133,18 @@ def _execute(hydra_context: HydraContext, task_function: TaskFunction, sweep_con
     HydraConfig.instance().set_config(sweep_config)
     return run_job(hydra_context=hydra_context, task_function=task_function, config=sweep_config,
                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+
+def _next_jobs(queue: Sequence[tuple], limit: int) -> list[tuple[int, Sequence[str]]]:
+    """(number, overrides) of up to `limit` queued jobs, those a free worker may take soonest
+    first: `slots.pick` takes the first queued job of some step, so the first job of each
+    step comes before the second of any."""
+    rank: dict = {}
+    order = []
+    for position, (idx, overrides, _, key) in enumerate(queue):
+        rank[key] = rank.get(key, -1) + 1
+        order.append((rank[key], position, idx, overrides))
+    return [(idx, overrides) for _, _, idx, overrides in sorted(order)[:limit]]
 
 
 def _record(job_dir: Path) -> Optional[dict]:
@@ -192,6 +205,15 @@ class ParallelLauncher(Launcher):
             executor.shutdown(wait=True)
         self._executors.clear()
 
+    def _compose(self, idx: int, overrides: Sequence[str]) -> DictConfig:
+        """Job `idx`'s whole config, as Hydra's own launchers compose it."""
+        assert self.hydra_context is not None and self.config is not None
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx
+            sweep_config.hydra.job.num = idx
+        return sweep_config
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from dreamlab import jobs, slots
         from dreamlab.errors import DreamlabError, first_line
@@ -232,6 +254,7 @@ class ParallelLauncher(Launcher):
         free = list(self._slots)
         running: dict = {}  # future -> (slot, job number, job dir, overrides, step key, start, first?)
         results: dict[int, JobReturn] = {}
+        composed: dict[int, DictConfig] = {}  # job number -> its config, composed ahead
         singleton_state = Singleton.get_state()
         while queue or running:
             waiting: list = []  # free workers that wait this round (slots.pick said None)
@@ -256,16 +279,20 @@ class ParallelLauncher(Launcher):
                 self._compiled[slot.index].add(key)
                 self._last[slot.index] = key
                 log.info("\t#%d : %s  (%s)", idx, " ".join(filter_overrides(overrides)), slot.device)
-                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                with open_dict(sweep_config):
-                    sweep_config.hydra.job.id = idx
-                    sweep_config.hydra.job.num = idx
+                sweep_config = composed.pop(idx, None) or self._compose(idx, overrides)
                 job_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
                 future = executor.submit(_execute, self.hydra_context, self.task_function, sweep_config,
                                          singleton_state)
                 running[future] = (slot, idx, job_dir, overrides, key, time.monotonic(), first)
             if not running:  # every free worker waits only while another is busy
                 raise RuntimeError("parallel launcher: jobs queued with no worker running")
+            # While every worker is busy, the configs of the jobs they may take next (~50 ms
+            # of Hydra each), so that a worker that frees up is handed its next job at once.
+            for idx, overrides in _next_jobs(queue, 2 * len(self._slots)):
+                if any(future.done() for future in running):
+                    break
+                if idx not in composed:
+                    composed[idx] = self._compose(idx, overrides)
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in done:
                 slot, idx, job_dir, overrides, key, start, first = running.pop(future)

@@ -91,15 +91,3 @@ def test_a_free_worker_takes_another_workers_step_only_where_that_ends_it_sooner
     assert slots.pick([(5, b), (6, a)], a, {b}, times, busy) == 1
     assert slots.pick([(5, b), (6, a)], None, {b}, times, busy) == 1
 
-
-def test_configs_composed_ahead_are_those_a_free_worker_may_take_first():
-    from hydra_plugins.dreamlab_launcher.parallel_launcher import _next_jobs
-
-    a, b, c = ("mixed3",), ("mixed5",), ("mixed4",)
-    queue = [(0, ["o=0"], "tensorflow", a), (1, ["o=1"], "tensorflow", a), (2, ["o=2"], "tensorflow", b),
-             (3, ["o=3"], "tensorflow", b), (4, ["o=4"], "tensorflow", c)]
-    # slots.pick takes the first queued job of some step, whichever worker frees up.
-    assert [slots.pick(queue, last, set()) for last in (a, b, c)] == [0, 2, 4]
-    assert [idx for idx, _ in _next_jobs(queue, 3)] == [0, 2, 4]
-    assert [idx for idx, _ in _next_jobs(queue, 10)] == [0, 2, 4, 1, 3]
-    assert _next_jobs(queue, 1) == [(0, ["o=0"])]

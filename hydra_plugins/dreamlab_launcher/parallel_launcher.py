@@ -135,18 +135,6 @@ def _execute(hydra_context: HydraContext, task_function: TaskFunction, sweep_con
                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
 
-def _next_jobs(queue: Sequence[tuple], limit: int) -> list[tuple[int, Sequence[str]]]:
-    """(number, overrides) of up to `limit` queued jobs, those a free worker may take soonest
-    first: `slots.pick` takes the first queued job of some step, so the first job of each
-    step comes before the second of any."""
-    rank: dict = {}
-    order = []
-    for position, (idx, overrides, _, key) in enumerate(queue):
-        rank[key] = rank.get(key, -1) + 1
-        order.append((rank[key], position, idx, overrides))
-    return [(idx, overrides) for _, _, idx, overrides in sorted(order)[:limit]]
-
-
 def _record(job_dir: Path) -> Optional[dict]:
     from dreamlab import sweep
 
@@ -205,15 +193,6 @@ class ParallelLauncher(Launcher):
             executor.shutdown(wait=True)
         self._executors.clear()
 
-    def _compose(self, idx: int, overrides: Sequence[str]) -> DictConfig:
-        """Job `idx`'s whole config, as Hydra's own launchers compose it."""
-        assert self.hydra_context is not None and self.config is not None
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = idx
-            sweep_config.hydra.job.num = idx
-        return sweep_config
-
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from dreamlab import jobs, slots
         from dreamlab.errors import DreamlabError, first_line
@@ -254,7 +233,6 @@ class ParallelLauncher(Launcher):
         free = list(self._slots)
         running: dict = {}  # future -> (slot, job number, job dir, overrides, step key, start, first?)
         results: dict[int, JobReturn] = {}
-        composed: dict[int, DictConfig] = {}  # job number -> its config, composed ahead
         singleton_state = Singleton.get_state()
         while queue or running:
             waiting: list = []  # free workers that wait this round (slots.pick said None)
@@ -279,20 +257,16 @@ class ParallelLauncher(Launcher):
                 self._compiled[slot.index].add(key)
                 self._last[slot.index] = key
                 log.info("\t#%d : %s  (%s)", idx, " ".join(filter_overrides(overrides)), slot.device)
-                sweep_config = composed.pop(idx, None) or self._compose(idx, overrides)
+                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                with open_dict(sweep_config):
+                    sweep_config.hydra.job.id = idx
+                    sweep_config.hydra.job.num = idx
                 job_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
                 future = executor.submit(_execute, self.hydra_context, self.task_function, sweep_config,
                                          singleton_state)
                 running[future] = (slot, idx, job_dir, overrides, key, time.monotonic(), first)
             if not running:  # every free worker waits only while another is busy
                 raise RuntimeError("parallel launcher: jobs queued with no worker running")
-            # While every worker is busy, the configs of the jobs they may take next (~50 ms
-            # of Hydra each), so that a worker that frees up is handed its next job at once.
-            for idx, overrides in _next_jobs(queue, 2 * len(self._slots)):
-                if any(future.done() for future in running):
-                    break
-                if idx not in composed:
-                    composed[idx] = self._compose(idx, overrides)
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in done:
                 slot, idx, job_dir, overrides, key, start, first = running.pop(future)

@@ -31,9 +31,10 @@ def _end() -> None:
     then raises SystemExit): at once, without the interpreter's teardown of TensorFlow, Keras
     and MLflow, which took ~0.13 s of a core after the sweep process had exited (2 cores, AMD
     EPYC). That time counts wherever the sweep's output is piped (a CI log, `| tee`): the
-    server holds the same pipes, so their reader waits for it. Nothing is lost: every worker
-    has exited by then (the launcher waits for them), and the server writes nothing of its
-    own but what is flushed here. Registered last, so it runs first of the exit handlers; a
+    server holds the same pipes, so their reader waits for it. Nothing is lost: at a sweep's
+    end every worker has exited by then (the launcher waits for them; after a kill of the
+    sweep process they end when their pipes to it break, whatever the server does), and the
+    server writes nothing of its own but what is flushed here. Registered last, so it runs first of the exit handlers; a
     fork exits without running them."""
     if os.getpid() == _server:
         sys.stdout.flush()

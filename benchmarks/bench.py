@@ -689,7 +689,8 @@ def goals(value) -> list[dict]:
 
     def goal(what, section, measured, ok, text):
         if any(m is None or isinstance(m, str) for m in measured):
-            return row("goals", what, "not measured", "", f"not run here yet: make bench ARGS=\"--only {section} goals\"")
+            return row("goals", what, "not measured", "",
+                       f"not run here yet: make bench ARGS=\"--only {section} goals\"")
         return row("goals", what, "met" if ok(*measured) else "missed", "", text.format(*measured))
 
     return [

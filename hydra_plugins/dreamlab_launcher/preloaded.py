@@ -34,18 +34,17 @@ def _end() -> None:
     server holds the same pipes, so their reader waits for it. Nothing is lost: at a sweep's
     end every worker has exited by then (the launcher waits for them; after a kill of the
     sweep process they end when their pipes to it break, whatever the server does), and the
-    server writes nothing of its own but what is flushed here. Registered last, so it runs first of the exit handlers; a
-    fork exits without running them."""
-    if os.getpid() == _server:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    server writes nothing of its own but what is flushed here. Registered last, so it runs
+    first of the exit handlers. Its forks never run it: the forkserver ends each with
+    os._exit."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # Popped: the forks start from this environment and get their own (slots.enter).
 store = os.environ.pop(STORE_ENV, None)
 if store is not None:
-    _server = os.getpid()
     if store:
         from dreamlab import internals
 
